@@ -1,0 +1,3 @@
+"""Production-grade Lightning callbacks that work in any Lightning project."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Reusable LightningDataModules."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Reusable LightningModules."""
+
+__all__: list[str] = []
