@@ -12,6 +12,7 @@ the command line that plain ``LightningCLI`` users trip on:
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,10 +85,21 @@ def _dispatch(argv: list[str]) -> None:
     run_name = _run_name(rest)
     if command in ("validate", "test", "predict") and not _has_config(rest):
         rest = _config_from_checkpoint(command, rest)
+    try:
+        if command == "check":
+            from plkit.cli.check import run_check
 
-    from plkit.cli.lightning_cli import run_lightning
+            run_check(rest)
+        else:
+            from plkit.cli.lightning_cli import run_lightning
 
-    run_lightning(command, rest, run_name=run_name)
+            run_lightning(command, rest, run_name=run_name)
+    except Exception as err:
+        if isinstance(err, UsageError) or _debug() or not _is_user_error(err):
+            raise
+        print(f"plkit {command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        print("(set PLKIT_DEBUG=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _verb_first(argv: list[str]) -> list[str]:
@@ -169,3 +181,16 @@ def _config_from_checkpoint(command: str, argv: list[str]) -> list[str]:
     from plkit.cli._run_dir import config_for_checkpoint
 
     return ["--config", config_for_checkpoint(path, command), *argv]
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors a config or the files it names cause, and whose message says what to fix.
+
+    Their tracebacks run deep into Lightning and torch and help nobody but plkit's developers, who
+    set ``PLKIT_DEBUG=1``. Anything else (a bug) keeps its traceback.
+    """
+    return isinstance(err, (OSError, ValueError)) or type(err).__name__ == "MisconfigurationException"
+
+
+def _debug() -> bool:
+    return os.environ.get("PLKIT_DEBUG", "") not in ("", "0")

@@ -85,6 +85,10 @@ def config_for_checkpoint(ckpt: Path, verb: str) -> str:
     logger = trainer.get("logger")
     if location is not None and (logger in (None, True) or _is_tensorboard(logger)):
         trainer["logger"] = tensorboard_logger(location, location.save_dir, location.name)
+        saved_dir = (logger or {}).get("init_args", {}).get("save_dir") if isinstance(logger, dict) else None
+        if saved_dir and Path(saved_dir).resolve() == location.save_dir:
+            # Keep the path as the run wrote it: ModelCheckpoint compares its dirpath as a string.
+            trainer["logger"]["init_args"]["save_dir"] = saved_dir
     return yaml.safe_dump(config, sort_keys=False)
 
 

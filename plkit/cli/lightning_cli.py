@@ -22,9 +22,11 @@ Example::
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.pytorch import Callback, Trainer
@@ -57,6 +59,19 @@ CHECKPOINT_DEFAULTS = {
 }
 
 
+class PlkitArgumentParser(LightningArgumentParser):
+    """``LightningArgumentParser`` that reports a bad config in a few lines instead of the whole usage."""
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        # JSONARGPARSE_DEBUG asks for the exception and its traceback: leave that to jsonargparse.
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        prog = (getattr(ex, "subcommand_parser", None) or self).prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {message.rstrip()}\n(`{prog} --help` lists every option)\n")
+        raise SystemExit(2)
+
+
 class PlkitCLI(LightningCLI):
     """``LightningCLI`` in subclass mode, with plkit's run-folder defaults.
 
@@ -69,6 +84,7 @@ class PlkitCLI(LightningCLI):
     def __init__(self, args: Sequence[str] | None = None, run_name: str | None = None, **kwargs: Any) -> None:
         self.run_name = run_name
         self.extra_callbacks: list[Callback] = []
+        kwargs.setdefault("parser_class", PlkitArgumentParser)
         kwargs.setdefault("save_config_callback", SaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(args=list(args) if args is not None else None, **kwargs)
