@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch  # noqa: F401  (see below)
 import pytest
 
 from fakedata import make_mnist
+
+# Importing Lightning here binds its log handler to the session's stdout; imported first inside a test,
+# it would bind to that test's capsys stream, closed once the test ends ("--- Logging error ---").
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

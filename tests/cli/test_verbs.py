@@ -67,7 +67,7 @@ def test_fit_makes_one_folder_per_run_with_config_checkpoints_and_logs(
     assert saved["trainer"]["logger"]["init_args"]["name"] == "mnist"
     assert saved["checkpoint"]["monitor"] == "val/acc"
     metrics = scalars(run_dir)
-    assert {"train/loss", "val/loss", "val/acc"} <= set(metrics)
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/acc"} <= set(metrics)
     assert any(tag.startswith("lr-") for tag in metrics), "LearningRateMonitor logs by default"
 
     # The checkpoint alone can rebuild the model and the data module.
@@ -115,12 +115,14 @@ def test_validate_test_predict_from_a_checkpoint_without_config(
 
 
 def test_fit_with_run_test_tests_the_best_checkpoint(
-    tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     code, out, err = run(["fit", "--config", "mnist", "--config", str(tiny), "--run_test", "true"], capsys)
     assert code == 0, err
     assert "test/acc" in out
-    assert "best.ckpt" in out + err
+    (run_dir,) = runs_of(tmp_path)
+    assert f"checkpoint path at {run_dir / 'checkpoints' / 'best.ckpt'}" in caplog.text
+    assert "test/acc" in scalars(run_dir)
 
 
 def test_ckpt_path_last_resumes_the_latest_run_in_its_folder(
@@ -213,7 +215,9 @@ def test_check_runs_one_batch_and_summarises(tiny: Path, capsys: pytest.CaptureF
 
 
 def test_check_turns_a_channel_mismatch_into_a_hint(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["check", "--config", "mnist", "--config", str(tiny), "--model.init_args.in_channels", "3"], capsys)
+    code, out, err = run(
+        ["check", "--config", "mnist", "--config", str(tiny), "--model.init_args.in_channels", "3"], capsys
+    )
     assert code == 1
     assert "in_channels: 1" in err
     assert "[32, 1, 28, 28]" in out

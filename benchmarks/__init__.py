@@ -1,0 +1,1 @@
+"""Benchmarks: ``python benchmarks/<name>.py`` each, or import their ``run(quick)`` functions."""
