@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning.pytorch  # noqa: F401  (see below)
 import pytest
+import yaml
 
 from fakedata import make_mnist
 
@@ -30,3 +31,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding four tiny gzipped MNIST IDX files (320 train, 64 test images)."""
     return make_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, mnist_dir: Path) -> Path:
+    """A recipe overlay that shrinks the mnist recipe to a few batches of the generated data, runs under tmp_path."""
+    overlay = {
+        "trainer": {
+            "max_epochs": 1,
+            "limit_train_batches": 3,
+            "limit_val_batches": 2,
+            "limit_test_batches": 2,
+            "limit_predict_batches": 2,
+            "log_every_n_steps": 1,
+            "default_root_dir": str(tmp_path),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "data": {"init_args": {"data_dir": str(mnist_dir), "val_size": 64, "batch_size": 32}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return path

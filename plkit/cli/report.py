@@ -11,7 +11,7 @@ import argparse
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,29 +71,39 @@ def summarise(run_dir: Path, series: dict[str, Series]) -> list[str]:
             lines.append(f"{tag:<13} {series[tag].values[-1]:.4f}")
     if "epoch" in series:
         lines.append(f"epochs        {int(max(series['epoch'].values)) + 1}")
-    steps = [s for ser in series.values() for s in ser.steps]
+    # Lightning logs at the 0-based index of the last optimizer step; a test run's values are not training.
+    training = [ser for tag, ser in series.items() if not tag.startswith("test/")]
+    steps = [s for ser in training for s in ser.steps]
     if steps:
-        lines.append(f"steps         {max(steps)}")
-    times = [t for ser in series.values() for t in ser.times]
+        lines.append(f"steps         {max(steps) + 1}")
+    times = [t for ser in training for t in ser.times]
     if times:
-        lines.append(f"wall time     {_duration(max(times) - min(times))} (first to last logged value)")
+        lines.append(f"wall time     {_duration(max(times) - min(times))} (training: first to last logged value)")
     return lines
 
 
 def plot(series: dict[str, Series], target: Path, title: str) -> None:
-    """Draw the four panels into ``target`` (written to a temporary name, then renamed)."""
-    try:
-        import matplotlib
+    """Draw the four panels into ``target`` (written to a temporary name, then renamed).
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    A metric with a single value (``test/acc`` after a test run) is drawn as a marker and a dashed level
+    at the last training step, where it belongs, rather than at whatever step the test run logged it.
+    """
+    try:
+        # The object API, not pyplot: no global backend switch, so it is safe inside a notebook.
+        from matplotlib.figure import Figure
     except ImportError:
         raise UsageError('plkit report needs matplotlib: pip install "plkit[report]"') from None
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    last_step = max((step for s in series.values() for step in s.steps), default=0)
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    axes = fig.subplots(2, 2)
     for ax, (name, prefixes) in zip(axes.flat, PANELS, strict=True):
         shown = [s for tag, s in sorted(series.items()) if tag.startswith(prefixes)]
         for s in shown:
+            if len(s.values) == 1:
+                line = ax.plot([last_step], s.values, "D", label=f"{s.tag} {s.values[0]:.4g}", markersize=6)[0]
+                ax.axhline(s.values[0], color=line.get_color(), linestyle="--", linewidth=0.8)
+                continue
             style = "o-" if len(s.steps) < 30 else "-"
             ax.plot(s.steps, s.values, style, label=s.tag, markersize=3, linewidth=1.2)
         ax.set_title(name)
@@ -106,13 +116,16 @@ def plot(series: dict[str, Series], target: Path, title: str) -> None:
         if name == "Learning rate" and shown:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.suptitle(title)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".report.", suffix=".png")
+    _write_atomically(target, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+
+
+def _write_atomically(target: Path, write: Callable[[str], object]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
+        write(tmp)
         os.replace(tmp, target)
     finally:
-        plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
 
 
@@ -124,7 +137,7 @@ def make_report(run_dir: str | Path) -> list[str]:
     series = read_scalars(run_dir)
     lines = summarise(run_dir, series)
     plot(series, run_dir / "report.png", f"{run_dir.parent.name}/{run_dir.name}")
-    (run_dir / "report.txt").write_text("\n".join(lines) + "\n")
+    _write_atomically(run_dir / "report.txt", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return lines
 
 

@@ -12,20 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from plkit.cli import main
 from plkit.cli.recipes import list_recipes, recipe_names, recipe_path, recipes_root
 
+from cli_helpers import run
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_every_recipe_file_is_listed_with_its_description(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,51 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from plkit.cli import main
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit:
-        code = int(exit.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def tiny(tmp_path: Path, mnist_dir: Path) -> Path:
-    """An overlay that shrinks the mnist recipe to a few batches of the generated data, runs under tmp_path."""
-    overlay = {
-        "trainer": {
-            "max_epochs": 1,
-            "limit_train_batches": 3,
-            "limit_val_batches": 2,
-            "limit_test_batches": 2,
-            "limit_predict_batches": 2,
-            "log_every_n_steps": 1,
-            "default_root_dir": str(tmp_path),
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        },
-        "data": {"init_args": {"data_dir": str(mnist_dir), "val_size": 64, "batch_size": 32}},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(overlay))
-    return path
+from cli_helpers import run, scalars
 
 
 def runs_of(tmp_path: Path, name: str = "mnist") -> list[Path]:
     return sorted((tmp_path / "runs" / name).glob("version_*"))
-
-
-def scalars(run_dir: Path) -> dict[str, list[float]]:
-    events = EventAccumulator(str(run_dir))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_fit_makes_one_folder_per_run_with_config_checkpoints_and_logs(
@@ -67,7 +28,7 @@ def test_fit_makes_one_folder_per_run_with_config_checkpoints_and_logs(
     assert saved["trainer"]["logger"]["init_args"]["name"] == "mnist"
     assert saved["checkpoint"]["monitor"] == "val/acc"
     metrics = scalars(run_dir)
-    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/acc"} <= set(metrics)
+    assert {"train/loss", "train/loss_epoch", "val/loss", "val/acc"} <= set(metrics)
     assert any(tag.startswith("lr-") for tag in metrics), "LearningRateMonitor logs by default"
 
     # The checkpoint alone can rebuild the model and the data module.
