@@ -1,1 +1,6 @@
-"""Benchmarks: ``python benchmarks/<name>.py`` each, or import their ``run(quick)`` functions."""
+"""plkit's benchmark suite: ``python -m benchmarks [--quick]`` (see ``benchmarks/__main__.py``).
+
+One module per comparison, each with ``run(...) -> dict`` and ``tables(results)``: ``training`` (with its
+contenders in ``_contenders`` and its data in ``_data``), ``callbacks`` (export and gradient-norm logging),
+``startup`` and ``gpu``.
+"""

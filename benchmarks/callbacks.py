@@ -1,7 +1,8 @@
 """Benchmarks for ``plkit.callbacks``: EmbeddingWriter against ``numpy.save`` and the notes' writer, and
 GradNormLogger against Lightning's ``grad_norm`` utility.
 
-Run ``python benchmarks/callbacks.py [--quick] [--json OUT]``; ``run(quick)`` returns the same numbers as a dict.
+Run ``python -m benchmarks --only export,gradnorm`` (or ``python -m benchmarks.callbacks [--quick] [--json OUT]``);
+``run_export(quick)`` and ``run_grad_norm(quick)`` return the numbers as dicts.
 Each figure is the median of a few repeats. Absolute times move with the machine's load: read the ratios, which
 compare measurements taken side by side in one run.
 
@@ -20,6 +21,9 @@ How each is measured, and why:
   step that is not logged with ``warn_above`` set (the norm is computed, no host sync). The baseline is
   ``lightning.pytorch.utilities.grad_norm(module, 2)``, which the Lightning docs call every step. On a GPU the
   gap is wider than on a CPU: ``grad_norm`` copies each parameter's norm to the host one by one.
+- **No logging** is the floor: each contender is also timed as the hook followed by the SGD step it precedes,
+  against the SGD step alone, so the table says what logging adds to an optimizer step. On a CPU shared with
+  other work, every multi-threaded kernel can wait for a descheduled thread: read these with the machine's load.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import grad_norm
 
+from benchmarks._table import Table, ratio, verdict
 from plkit.callbacks import EmbeddingWriter, GradNormLogger
 
 DIM = 128
@@ -158,75 +163,138 @@ def bench_grad_norm(layers: int, width: int, calls: int, repeats: int) -> dict[s
     model = _MLP(layers, width)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # A tiny rate: the gradients stay fixed, so the weights only drift, and a few hundred steps stay finite.
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
     trainer = SimpleNamespace(log_every_n_steps=50, should_stop=False, fast_dev_run=False, optimizers=[optimizer])
     trainer.loggers = []
 
     def hook(callback: GradNormLogger, step: int) -> Callable[[], None]:
         def call() -> None:
             trainer.global_step = step
-            for _ in range(calls):
-                callback.on_before_optimizer_step(trainer, model, optimizer)  # type: ignore[arg-type]
+            callback.on_before_optimizer_step(trainer, model, optimizer)  # type: ignore[arg-type]
 
         return call
 
     def lightning() -> None:
-        for _ in range(calls):
-            grad_norm(model, norm_type=2)
+        grad_norm(model, norm_type=2)
 
-    us = {
-        "lightning_grad_norm": _median_seconds(lightning, repeats),
-        "logged_step": _median_seconds(hook(GradNormLogger(), 49), repeats),
-        "logged_step_per_layer": _median_seconds(hook(GradNormLogger(per_layer=True), 49), repeats),
-        "other_step": _median_seconds(hook(GradNormLogger(), 0), repeats),
-        "other_step_warn_above": _median_seconds(hook(GradNormLogger(warn_above=1e3), 0), repeats),
+    hooks: dict[str, Callable[[], None] | None] = {
+        "none": None,
+        "other_step": hook(GradNormLogger(), 0),
+        "other_step_warn_above": hook(GradNormLogger(warn_above=1e3), 0),
+        "logged_step": hook(GradNormLogger(), 49),
+        "logged_step_per_layer": hook(GradNormLogger(per_layer=True), 49),
+        "lightning_grad_norm": lightning,
     }
-    us = {k: v / calls * 1e6 for k, v in us.items()}
+
+    def calls_of(fn: Callable[[], None]) -> Callable[[], None]:
+        def loop() -> None:
+            for _ in range(calls):
+                fn()
+
+        return loop
+
+    def steps_with(fn: Callable[[], None] | None) -> Callable[[], None]:
+        def loop() -> None:
+            for _ in range(calls):
+                if fn is not None:
+                    fn()
+                optimizer.step()
+
+        return loop
+
+    # The hook alone, then the hook followed by the optimizer step it precedes (what a training step pays).
+    us = {k: _median_seconds(calls_of(fn), repeats) / calls * 1e6 for k, fn in hooks.items() if fn is not None}
+    step_us = {k: _median_seconds(steps_with(fn), repeats) / calls * 1e6 for k, fn in hooks.items()}
     base = us["lightning_grad_norm"]
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "tensors": len(list(model.parameters())),
         "us_per_step": us,
         "speedup_vs_lightning": {k: base / v for k, v in us.items() if k != "lightning_grad_norm"},
+        "us_per_optimizer_step": step_us,
+        "optimizer_step_vs_none": {k: v / step_us["none"] for k, v in step_us.items()},
     }
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """All the callback benchmarks; ``quick`` uses smaller sizes and fewer repeats."""
+def run_export(quick: bool = False) -> dict[str, Any]:
+    """The EmbeddingWriter benchmarks (comparison 2 of ``python -m benchmarks``)."""
     n = 20_000 if quick else 100_000
     return {
         "embedding_writer": bench_writer(n, repeats=3 if quick else 5, baseline_repeats=1 if quick else 3),
         "embedding_writer_memory": bench_writer_memory((n, n * 4)),
-        "grad_norm_logger": bench_grad_norm(layers=64, width=256, calls=20 if quick else 50, repeats=3),
     }
 
 
-def _report(results: dict[str, Any]) -> str:
-    w = results["embedding_writer"]
+def run_grad_norm(quick: bool = False) -> dict[str, Any]:
+    """The GradNormLogger benchmark (comparison 3 of ``python -m benchmarks``)."""
+    # Quick: the same 128 tensors, narrower, so a kernel stays on one thread and a busy machine cannot stall it.
+    return bench_grad_norm(layers=64, width=64 if quick else 256, calls=20 if quick else 50, repeats=3 if quick else 5)
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """All the callback benchmarks; ``quick`` uses smaller sizes and fewer repeats."""
+    return {**run_export(quick), "grad_norm_logger": run_grad_norm(quick)}
+
+
+GRAD_NORM_LABELS = {
+    "none": "no logging",
+    "other_step": "GradNormLogger, unlogged step",
+    "other_step_warn_above": "GradNormLogger, unlogged step, warn_above",
+    "logged_step": "GradNormLogger, logged step",
+    "logged_step_per_layer": "GradNormLogger, logged step, per_layer",
+    "lightning_grad_norm": "Lightning grad_norm (every step)",
+}
+MEMORY_GROWTH_GOAL = 1.25  # peak memory at 4x the rows over the peak at 1x: "flat"
+
+
+def export_tables(results: dict[str, Any]) -> list[Table]:
+    """Comparison 2 of ``python -m benchmarks`` as a table."""
+    w, m = results["embedding_writer"], results["embedding_writer_memory"]
     rate = w["rows_per_s"]
-    m = results["embedding_writer_memory"]
-    g = results["grad_norm_logger"]
-    lines = [
-        f"EmbeddingWriter, {w['rows']:,} x {w['dim']} float32 (median rows/s)",
-        f"  numpy.save (one array, in memory) {rate['numpy_save']:>14,.0f}",
-        f"  EmbeddingWriter npy               {rate['npy']:>14,.0f}"
-        f"   takes {w['npy_time_vs_numpy_save']:.2f}x the time of numpy.save",
-        f"  EmbeddingWriter tsv               {rate['tsv']:>14,.0f}"
-        f"   {w['tsv_speedup_vs_notes']:.1f}x faster than the notes' writer",
-        f"  notes' row-by-row tsv             {rate['notes_tsv']:>14,.0f}",
-        "EmbeddingWriter peak traced memory (MiB)",
+    small, large = sorted(m["result_mib"], key=int)
+    rows = [["numpy.save of the assembled array", f"{rate['numpy_save']:,.0f}", "1.00x", "", "", "", ""]]
+    for fmt in ("npy", "tsv"):
+        growth = m[f"{fmt}_growth"]
+        peaks = [f"{m['peak_mib'][f'{fmt}_{n}']:.1f}" for n in (small, large)]
+        flat = f"<= {MEMORY_GROWTH_GOAL:.2f}x: {verdict(growth <= MEMORY_GROWTH_GOAL)}"
+        time_vs_save = ratio(w[f"{fmt}_time_vs_numpy_save"])
+        rows.append([f"EmbeddingWriter {fmt}", f"{rate[fmt]:,.0f}", time_vs_save, *peaks, ratio(growth), flat])
+    notes_time = ratio(rate["numpy_save"] / rate["notes_tsv"])
+    rows.append(["the notes' row-by-row tsv", f"{rate['notes_tsv']:,.0f}", notes_time, "", "", "", ""])
+    header = ["writer", "rows/s", "time vs numpy.save", f"peak MiB, {int(small):,} rows", f"{int(large):,} rows"]
+    header += ["growth", "goal: flat memory"]
+    title = f"2. Prediction export: {w['rows']:,} x {w['dim']} float32 rows, CPU"
+    sizes = " and ".join(f"{float(m['result_mib'][n]):.0f}" for n in (small, large))
+    notes = [
+        f"EmbeddingWriter tsv is {w['tsv_speedup_vs_notes']:.1f}x faster than the notes' writer "
+        f"(goal: faster: {verdict(w['tsv_speedup_vs_notes'] > 1)}).",
+        f"Peak memory is what tracemalloc sees while the writer runs; the results themselves are {sizes} MiB.",
     ]
-    for key, mib in m["peak_mib"].items():
-        fmt, n = key.split("_")
-        lines.append(f"  {fmt} {int(n):>9,} rows: {mib:7.1f}   (the result is {m['result_mib'][int(n)]:.0f} MiB)")
-    lines += [
-        f"  growth for 4x the rows: npy {m['npy_growth']:.2f}x, tsv {m['tsv_growth']:.2f}x",
-        f"GradNormLogger, {g['tensors']} tensors, {g['parameters']:,} parameters (median us per step, CPU)",
+    return [Table(title, header, rows, notes)]
+
+
+def grad_norm_tables(results: dict[str, Any]) -> list[Table]:
+    """Comparison 3 of ``python -m benchmarks`` as a table."""
+    hook, step, vs_none = results["us_per_step"], results["us_per_optimizer_step"], results["optimizer_step_vs_none"]
+    rows = []
+    for name, label in GRAD_NORM_LABELS.items():
+        speed = results["speedup_vs_lightning"].get(name)
+        goal = ""
+        if name == "logged_step":
+            goal = f"faster than grad_norm: {verdict(speed > 1)}"
+        cells = ["" if name == "none" else f"{hook[name]:,.1f}", f"{step[name]:,.0f}", ratio(vs_none[name])]
+        rows.append([label, *cells, "" if speed is None else f"{speed:.1f}x", goal])
+    title = (
+        f"3. Gradient-norm logging: {results['tensors']} parameter tensors, {results['parameters']:,} parameters, "
+        "CPU, microseconds per optimizer step"
+    )
+    header = ["contender", "hook us", "hook + SGD step us", "vs no logging", "hook faster than grad_norm", "goal"]
+    notes = [
+        "GradNormLogger computes and syncs only on logged steps (every log_every_n_steps); grad_norm, called every "
+        "step as the Lightning docs show, copies each tensor's norm to the host (its log_dict call is not timed)."
     ]
-    for name, us in g["us_per_step"].items():
-        speed = g["speedup_vs_lightning"].get(name)
-        lines.append(f"  {name:24s} {us:10.1f}" + ("" if speed is None else f"   {speed:.1f}x faster than grad_norm"))
-    return "\n".join(lines)
+    return [Table(title, header, rows, notes)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -235,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     results = run(args.quick)
-    print(_report(results))
+    for table in [*export_tables(results), *grad_norm_tables(results["grad_norm_logger"])]:
+        print(table.text(), end="\n\n")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
