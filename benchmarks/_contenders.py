@@ -48,6 +48,7 @@ class Work:
     batch_size: int
     lr: float
     weight_decay: float
+    width: int | None
     dropout: float
     label_smoothing: float
     warmup_steps: float
@@ -71,6 +72,7 @@ class Work:
             batch_size=data["batch_size"],
             lr=optimizer["lr"],
             weight_decay=optimizer["weight_decay"],
+            width=model.get("width"),
             dropout=model["dropout"],
             label_smoothing=model["label_smoothing"],
             warmup_steps=scheduler["warmup_steps"],
@@ -84,8 +86,8 @@ class Work:
 
 
 def build_network(work: Work) -> nn.Module:
-    """``ImageClassifier(backbone="cnn", dropout=...)`` as a plain ``nn.Module``: backbone, dropout, head."""
-    backbone = build_backbone("cnn", in_channels=1)
+    """``ImageClassifier(backbone="cnn", width=..., dropout=...)`` as a plain ``nn.Module``: backbone, dropout, head."""
+    backbone = build_backbone("cnn", in_channels=1, width=work.width)
     return nn.Sequential(backbone, nn.Dropout(work.dropout), nn.Linear(backbone.out_features, 10))
 
 

@@ -101,7 +101,7 @@ def test_every_readme_command_runs(
         if command == tests:
             continue  # .ci/run runs it (test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one)
         if command == main_job:
-            command = command.split("&& .venv/bin/", 1)[1]  # the install part is what CI does
+            command = command.rsplit("&& .venv/bin/", 1)[1]  # the install part is what CI does
         words = shlex.split(command, comments=True)
         if words[0] == "plkit":
             run_plkit(shrink(words[1:], data_dir, tiny_overlay))

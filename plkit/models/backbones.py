@@ -161,7 +161,7 @@ def from_classifier(model: nn.Module, in_channels: int | None = None) -> nn.Modu
 BACKBONES = ("cnn", "resnet")
 
 
-def build_backbone(name: str, in_channels: int, channels_last: bool = True) -> nn.Module:
+def build_backbone(name: str, in_channels: int, channels_last: bool = True, width: int | None = None) -> nn.Module:
     """A backbone by name: ``"cnn"``, ``"resnet"``, or any ``torchvision.models`` architecture (``"resnet18"``).
 
     torchvision architectures are built without pretrained weights, with their first convolution
@@ -173,19 +173,31 @@ def build_backbone(name: str, in_channels: int, channels_last: bool = True) -> n
         channels_last: store the convolution weights channels-last. A convolution whose weight is
             channels-last runs channels-last (and so does everything after it) whatever the input's layout:
             the same numbers, often much faster on CPUs and recent GPUs.
+        width: channels of the first block of plkit's backbones, doubled in each later one (``"cnn"``: 32,
+            ``"resnet"``: 16 by default); torchvision architectures take none.
 
     Raises:
-        ValueError: an unknown name; the message lists plkit's names and how to list torchvision's.
+        ValueError: an unknown name, or a ``width`` for a torchvision architecture or below 1; the message
+            lists plkit's names and how to list torchvision's.
 
     Example:
         >>> build_backbone("resnet", in_channels=1).out_features
         64
     """
+    if width is not None and width < 1:
+        raise ValueError(f"width={width}: it must be >= 1 (channels of the first block)")
     if name == "cnn":
-        backbone: nn.Module = SmallCNN(in_channels)
+        backbone: nn.Module = (
+            SmallCNN(in_channels) if width is None else SmallCNN(in_channels, (width, 2 * width, 4 * width))
+        )
     elif name == "resnet":
-        backbone = SmallResNet(in_channels)
+        backbone = SmallResNet(in_channels) if width is None else SmallResNet(in_channels, width)
     else:
+        if width is not None:
+            raise ValueError(
+                f"width={width} applies to plkit's backbones ({', '.join(BACKBONES)}), not to torchvision's {name!r}: "
+                "leave width unset, or pass the torchvision model built as you want it as an nn.Module"
+            )
         import torchvision.models  # slow to import; only torchvision backbones need it
 
         if name not in torchvision.models.list_models(module=torchvision.models):

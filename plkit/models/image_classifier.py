@@ -37,6 +37,8 @@ class ImageClassifier(pl.LightningModule):
             feature extractor with an ``out_features`` attribute, or a network ending in ``nn.Linear``
             (which is replaced). A module is not saved in the hyperparameters: pass it again to
             ``load_from_checkpoint(path, backbone=...)``; names need nothing.
+        width: channels of the first block of ``"cnn"`` or ``"resnet"``, doubled in each later block;
+            ``None`` for their defaults (32 and 16). The cost of a step grows with its square.
         num_classes: number of classes.
         in_channels: image channels (1 for the MNIST family, 3 for CIFAR-10).
         optimizer: builds the optimizer from the parameter groups (in a recipe: ``class_path`` + ``init_args``).
@@ -68,6 +70,7 @@ class ImageClassifier(pl.LightningModule):
     def __init__(
         self,
         backbone: str | nn.Module = "cnn",
+        width: int | None = None,
         num_classes: int = 10,
         in_channels: int = 1,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -94,8 +97,10 @@ class ImageClassifier(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
         keep_data_hparams(self)
         if isinstance(backbone, str):
-            self.backbone = build_backbone(backbone, in_channels, channels_last=channels_last)
+            self.backbone = build_backbone(backbone, in_channels, channels_last=channels_last, width=width)
         elif isinstance(backbone, nn.Module):
+            if width is not None:
+                raise ValueError(f"width={width} applies to backbone names ('cnn', 'resnet'), not to a module")
             self.backbone = backbone if hasattr(backbone, "out_features") else from_classifier(backbone)
             if channels_last:
                 self.backbone.to(memory_format=torch.channels_last)

@@ -142,6 +142,16 @@ def test_backbone_choices() -> None:
     assert colour(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.parametrize(("backbone", "width", "channels"), [("cnn", 8, [8, 16, 32]), ("resnet", 4, [4, 4, 8, 16])])
+def test_width_sets_the_channels_of_plkits_backbones(backbone: str, width: int, channels: list[int]) -> None:
+    model = ImageClassifier(backbone=backbone, width=width)
+    convs = [m.out_channels for m in model.backbone.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert sorted(set(convs)) == sorted(set(channels))
+    assert model.head.in_features == model.backbone.out_features
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert model.hparams["width"] == width
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -152,6 +162,12 @@ def test_backbone_choices() -> None:
         ({"dropout": -0.5}, "dropout=-0.5"),
         ({"num_classes": 0}, "num_classes=0"),
         ({"in_channels": 0}, "in_channels=0"),
+        ({"width": 0}, "width=0: it must be >= 1"),
+        (
+            {"backbone": "resnet18", "width": 8},
+            "width=8 applies to plkit's backbones .cnn, resnet., not to torchvision",
+        ),
+        ({"backbone": nn.Sequential(nn.Flatten(), nn.Linear(784, 3)), "width": 8}, "not to a module"),
     ],
 )
 def test_bad_arguments(kwargs: dict, message: str) -> None:
