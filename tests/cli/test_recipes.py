@@ -119,7 +119,7 @@ def test_light_commands_import_no_torch_and_answer_fast(args: list[str], tmp_pat
     assert time.perf_counter() - start < 0.5
 
 
-def test_recipes_are_found_inside_a_built_wheel(tmp_path: Path) -> None:
+def test_recipes_are_found_inside_a_built_wheel(tmp_path: Path, mnist_dir: Path) -> None:
     dist = tmp_path / "dist"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
@@ -142,13 +142,20 @@ def test_recipes_are_found_inside_a_built_wheel(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
         "import plkit, sys; from plkit.cli.recipes import recipes_root; from plkit.cli import main; "
-        "print('FILE', plkit.__file__); print('ROOT', recipes_root()); main(['recipes', 'copy', 'mnist', 'x.yaml'])"
+        "print('FILE', plkit.__file__); print('ROOT', recipes_root()); main(['recipes', 'copy', 'mnist', 'my.yaml'])"
     )
     proc = _fresh_python(code, elsewhere, env)
     assert proc.returncode == 0, proc.stderr
     assert f"FILE {site}" in proc.stdout
     assert f"ROOT {site / 'plkit' / 'recipes'}" in proc.stdout
-    assert (elsewhere / "x.yaml").read_text() == (REPO / "recipes" / "mnist.yaml").read_text()
+    assert (elsewhere / "my.yaml").read_text() == (REPO / "recipes" / "mnist.yaml").read_text()
+
+    # The README's "start your own" pair, run by the installed wheel: copy, then fit the copy.
+    fit = [sys.executable, "-m", "plkit", "fit", "--config", "my.yaml", "--trainer.fast_dev_run", "true"]
+    fit += ["--data.data_dir", str(mnist_dir), "--trainer.enable_progress_bar", "false"]
+    proc = subprocess.run(fit, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "`Trainer.fit` stopped: `max_steps=1` reached." in proc.stderr
 
 
 def test_checkout_finds_the_top_level_recipes_folder() -> None:
