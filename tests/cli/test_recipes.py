@@ -152,7 +152,7 @@ def test_recipes_are_found_inside_a_built_wheel(tmp_path: Path, mnist_dir: Path)
 
     # The README's "start your own" pair, run by the installed wheel: copy, then fit the copy.
     fit = [sys.executable, "-m", "plkit", "fit", "--config", "my.yaml", "--trainer.fast_dev_run", "true"]
-    fit += ["--data.data_dir", str(mnist_dir), "--trainer.enable_progress_bar", "false"]
+    fit += ["--data.data_dir", str(mnist_dir), "--data.val_size", "64", "--trainer.enable_progress_bar", "false"]
     proc = subprocess.run(fit, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "`Trainer.fit` stopped: `max_steps=1` reached." in proc.stderr
