@@ -11,14 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from plkit.data._batches import BatchTransform, InMemoryImages, pass_batch
+from plkit.data._batches import BatchTransform, InMemoryImages
 from plkit.data._errors import DatasetNotFoundError
+from plkit.data._loaders import BatchLoaders
 from plkit.data._paths import resolve_data_dir
 
 __all__ = ["ImageDataModule"]
@@ -27,7 +26,7 @@ Split = Literal["train", "val", "test"]
 _SPLITS = ("train", "val", "test")
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(BatchLoaders):
     """Base of plkit's image data modules: decode once, split with a seed, batch as tensors.
 
     Batches are dicts: ``"input"`` (normalised float32 ``[B, C, H, W]``), ``"target"`` (int64 class
@@ -191,35 +190,13 @@ class ImageDataModule(pl.LightningDataModule):
             else:
                 self._load_train_val()
 
+    @override
     def dataset(self, split: Split) -> InMemoryImages:
         """The in-memory dataset of ``split`` (after :meth:`setup`)."""
         if split not in self._splits:
             raise RuntimeError(f"the {split!r} split of {self.display_name} is not loaded: call setup() first")
         return self._splits[split]
 
-    def _loader(self, split: Split, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=pass_batch,
-            persistent_workers=self.num_workers > 0,
-        )
-
     @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader | list:
-        # An empty list is Lightning's "no validation": val_size=0 trains on every image.
-        return self._loader("val", shuffle=False) if len(self.dataset("val")) else []
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, shuffle=False)
+    def predict_split_name(self) -> str:
+        return self.predict_split

@@ -7,12 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-import lightning.pytorch as pl
 import numpy as np
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from plkit.data._batches import pass_batch
+from plkit.data._loaders import BatchLoaders
 from plkit.data._npy_rows import DTYPES, NpyRows
 
 __all__ = ["NpyDataModule", "NpySplit"]
@@ -45,7 +43,7 @@ def _split(value: NpySplit | Mapping[str, str] | None, name: str) -> NpySplit | 
     raise ValueError(f"{name}={value!r}: give NpySplit(features=..., targets=..., ids=...) or a dict with those keys")
 
 
-class NpyDataModule(pl.LightningDataModule):
+class NpyDataModule(BatchLoaders):
     """Train, validate, test and predict on arrays saved with ``numpy.save``.
 
     The files are memory-mapped, so arrays larger than RAM work: a batch reads only its own rows.
@@ -155,35 +153,9 @@ class NpyDataModule(pl.LightningDataModule):
                 else self._from_split(self.predict, self.dtype)
             )
 
+    @override
     def dataset(self, split: Literal["train", "val", "test", "predict"]) -> NpyRows:
         """The rows of ``split`` (after :meth:`setup`)."""
         if split not in self._splits:
             raise RuntimeError(f"the {split!r} split is not loaded: call setup() first")
         return self._splits[split]
-
-    def _loader(self, split: Literal["train", "val", "test", "predict"], shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=pass_batch,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader | list:
-        # An empty list is Lightning's "no validation".
-        return self._loader("val", shuffle=False) if len(self.dataset("val")) else []
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
