@@ -109,6 +109,10 @@ class ImageDataModule(BatchLoaders):
         """
         raise NotImplementedError
 
+    def folders(self) -> list[Path]:
+        """The folders searched for the files, in order: ``data_dir`` itself, then torchvision's layout in it."""
+        return [self.data_dir]
+
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:
         """Decode the training or test files into uint8 images ``[N, C, H, W]`` and int64 labels ``[N]``."""
         raise NotImplementedError
@@ -141,6 +145,15 @@ class ImageDataModule(BatchLoaders):
                 f"could not download {self.display_name} into {self.data_dir} ({type(err).__name__}: {err}). "
                 f"Without internet, stage the files instead: {self.staging_hint()}"
             ) from err
+
+    def not_found(self, wanted: str) -> DatasetNotFoundError:
+        """The error for files ``wanted`` that are in none of :meth:`folders`: where it looked, how to stage them."""
+        searched = " or ".join(str(folder) for folder in self.folders())
+        hint = "" if self.download else " (download=False)"
+        return DatasetNotFoundError(
+            f"{self.display_name}: no {wanted} in {searched}{hint}. To use files already on disk, "
+            f"{self.staging_hint()}; or set download=True on a machine with internet"
+        )
 
     def staging_hint(self) -> str:
         """How to put the files on disk by hand (the end of every not-found message)."""

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from plkit.data._base import ImageDataModule
 from plkit.data._cifar_batches import read_cifar_batch
-from plkit.data._errors import DatasetFormatError, DatasetNotFoundError
+from plkit.data._errors import DatasetFormatError
 
 __all__ = ["CIFAR10DataModule"]
 
@@ -43,7 +43,8 @@ class CIFAR10DataModule(ImageDataModule):
     augment_shift: ClassVar[int] = 4
     augment_hflip: ClassVar[bool] = True
 
-    def _folders(self) -> list[Path]:
+    @override
+    def folders(self) -> list[Path]:
         return [self.data_dir, self.data_dir / BATCH_FOLDER]
 
     @override
@@ -57,15 +58,10 @@ class CIFAR10DataModule(ImageDataModule):
     @override
     def find_files(self, train: bool) -> dict[str, Path]:
         names = TRAIN_BATCHES if train else TEST_BATCHES
-        for folder in self._folders():
+        for folder in self.folders():
             if all((folder / name).is_file() for name in names):
                 return {name: folder / name for name in names}
-        searched = " or ".join(str(folder) for folder in self._folders())
-        hint = "" if self.download else " (download=False)"
-        raise DatasetNotFoundError(
-            f"{self.display_name}: no {', '.join(names)} in {searched}{hint}. To use files already on disk, "
-            f"{self.staging_hint()}; or set download=True on a machine with internet"
-        )
+        raise self.not_found(", ".join(names))
 
     @override
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from plkit.data._base import ImageDataModule
-from plkit.data._errors import DatasetFormatError, DatasetNotFoundError
+from plkit.data._errors import DatasetFormatError
 from plkit.data._idx import read_idx
 
 __all__ = ["FashionMNISTDataModule", "KMNISTDataModule", "MNISTDataModule"]
@@ -34,7 +34,8 @@ class _IDXDataModule(ImageDataModule):
     image_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
     augment_shift: ClassVar[int] = 2
 
-    def _folders(self) -> list[Path]:
+    @override
+    def folders(self) -> list[Path]:
         return [self.data_dir, self.data_dir / self.torchvision_name / "raw"]
 
     @override
@@ -47,7 +48,7 @@ class _IDXDataModule(ImageDataModule):
 
     @override
     def find_files(self, train: bool) -> dict[str, Path]:
-        for folder in self._folders():
+        for folder in self.folders():
             found = {}
             for key, name in zip(("images", "labels"), IDX_FILES[train], strict=True):
                 # The plain file first: torchvision's download leaves both, and plain reads faster.
@@ -56,13 +57,7 @@ class _IDXDataModule(ImageDataModule):
                     found[key] = path
             if len(found) == 2:
                 return found
-        wanted = " and ".join(f"{name}[.gz]" for name in IDX_FILES[train])
-        searched = " or ".join(str(folder) for folder in self._folders())
-        hint = "" if self.download else " (download=False)"
-        raise DatasetNotFoundError(
-            f"{self.display_name}: no {wanted} in {searched}{hint}. To use files already on disk, "
-            f"{self.staging_hint()}; or set download=True on a machine with internet"
-        )
+        raise self.not_found(" and ".join(f"{name}[.gz]" for name in IDX_FILES[train]))
 
     @override
     def load_split(self, train: bool) -> tuple[Tensor, Tensor]:

@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, ReduceLROnPlateau
 
 from plkit.models.schedulers import WarmupCosineLR
 
-__all__ = ["INTERVALS", "configure_optimization", "keep_data_hparams", "parameter_groups"]
+__all__ = ["INTERVALS", "InjectedOptimization", "configure_optimization", "keep_data_hparams", "parameter_groups"]
 
 INTERVALS = ("epoch", "step")
 #: schedules whose length is counted in optimizer steps, stepped every step unless the recipe says otherwise.
@@ -98,3 +98,49 @@ def configure_optimization(
     if isinstance(sched, ReduceLROnPlateau):
         config["monitor"] = monitor
     return {"optimizer": opt, "lr_scheduler": config}
+
+
+class InjectedOptimization:
+    """``configure_optimizers`` for a LightningModule that stores its injected optimizer and scheduler.
+
+    Put it before ``LightningModule`` in the bases. The module sets ``optimizer``, ``scheduler``,
+    ``scheduler_interval``, ``scheduler_monitor`` and ``no_decay_bias_norm`` in ``__init__``; both of
+    plkit's modules do.
+    """
+
+    optimizer: OptimizerCallable
+    scheduler: LRSchedulerCallable | None
+    scheduler_interval: Literal["epoch", "step"] | None
+    scheduler_monitor: str
+    no_decay_bias_norm: bool
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups; override for per-layer learning rates or other groupings.
+
+        By default one group, or two with ``no_decay_bias_norm`` (the second with ``weight_decay=0``).
+        Keys other than ``params`` override the injected optimizer's arguments for that group.
+
+        Example:
+            >>> import torch
+            >>> from plkit.models import ImageClassifier
+            >>> class FineTune(ImageClassifier):
+            ...     def parameter_groups(self):
+            ...         return [{"params": self.backbone.parameters(), "lr": 1e-4}, {"params": self.head.parameters()}]
+            >>> optimizer = FineTune(optimizer=torch.optim.AdamW).configure_optimizers()
+            >>> [group["lr"] for group in optimizer.param_groups]
+            [0.0001, 0.001]
+        """
+        assert isinstance(self, nn.Module)
+        return parameter_groups(self, self.no_decay_bias_norm)
+
+    def configure_optimizers(self) -> Any:
+        """The injected optimizer over :meth:`parameter_groups`, and its scheduler's Lightning config if any."""
+        assert isinstance(self, pl.LightningModule)
+        return configure_optimization(
+            self,
+            self.parameter_groups(),
+            self.optimizer,
+            self.scheduler,
+            self.scheduler_interval,
+            self.scheduler_monitor,
+        )

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from plkit.models._batch import unpack_batch
-from plkit.models._optim import INTERVALS, configure_optimization, keep_data_hparams, parameter_groups
+from plkit.models._optim import INTERVALS, InjectedOptimization, keep_data_hparams
 from plkit.models._train_loss import epoch_mean_metric, log_train_loss, log_train_loss_epoch
 
 __all__ = ["AutoEncoder"]
@@ -30,7 +30,7 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class AutoEncoder(pl.LightningModule):
+class AutoEncoder(InjectedOptimization, pl.LightningModule):
     """Encode inputs to ``latent_dim`` numbers and decode them back; trained on the reconstruction's MSE.
 
     ``forward`` returns the embedding. ``predict_step`` returns ``{"embeddings": [B, latent_dim]}``,
@@ -139,18 +139,3 @@ class AutoEncoder(pl.LightningModule):
         if ids is not None:
             prediction["id"] = ids
         return prediction
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups; override for per-layer learning rates or other groupings."""
-        return parameter_groups(self, self.no_decay_bias_norm)
-
-    @override
-    def configure_optimizers(self) -> Any:
-        return configure_optimization(
-            self,
-            self.parameter_groups(),
-            self.optimizer,
-            self.scheduler,
-            self.scheduler_interval,
-            self.scheduler_monitor,
-        )

@@ -13,14 +13,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from plkit.models._batch import unpack_batch
-from plkit.models._optim import INTERVALS, configure_optimization, keep_data_hparams, parameter_groups
+from plkit.models._optim import INTERVALS, InjectedOptimization, keep_data_hparams
 from plkit.models._train_loss import epoch_mean_metric, log_train_loss, log_train_loss_epoch
 from plkit.models.backbones import build_backbone, from_classifier
 
 __all__ = ["ImageClassifier"]
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(InjectedOptimization, pl.LightningModule):
     """Classify images with an injectable backbone and optimizer.
 
     Logs ``train/loss`` every step (this rank's batch) and ``train/loss_epoch``, ``val/loss`` and
@@ -166,30 +166,3 @@ class ImageClassifier(pl.LightningModule):
         if self.return_embeddings:
             return self.embed(images)
         return self(images).softmax(dim=-1)
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups; override for per-layer learning rates or other groupings.
-
-        By default one group, or two with ``no_decay_bias_norm`` (the second with ``weight_decay=0``).
-        Keys other than ``params`` override the injected optimizer's arguments for that group.
-
-        Example:
-            >>> class FineTune(ImageClassifier):
-            ...     def parameter_groups(self):
-            ...         return [{"params": self.backbone.parameters(), "lr": 1e-4}, {"params": self.head.parameters()}]
-            >>> optimizer = FineTune(optimizer=torch.optim.AdamW).configure_optimizers()
-            >>> [group["lr"] for group in optimizer.param_groups]
-            [0.0001, 0.001]
-        """
-        return parameter_groups(self, self.no_decay_bias_norm)
-
-    @override
-    def configure_optimizers(self) -> Any:
-        return configure_optimization(
-            self,
-            self.parameter_groups(),
-            self.optimizer,
-            self.scheduler,
-            self.scheduler_interval,
-            self.scheduler_monitor,
-        )
