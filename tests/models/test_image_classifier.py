@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from plkit.data import MNISTDataModule
+from plkit.data import CIFAR10DataModule, FashionMNISTDataModule, KMNISTDataModule, MNISTDataModule
 from plkit.models import ImageClassifier, SmallCNN
+
+from fakedata import make_cifar10
 
 AdamW = functools.partial(torch.optim.AdamW, lr=3e-3)
 
@@ -213,3 +215,24 @@ def test_to_onnx(tmp_path: Path) -> None:
     model = ImageClassifier().eval()
     model.to_onnx(tmp_path / "model.onnx", torch.randn(1, 1, 28, 28))
     assert (tmp_path / "model.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("module", [MNISTDataModule, FashionMNISTDataModule, KMNISTDataModule, CIFAR10DataModule])
+def test_every_image_data_module_runs_all_four_verbs(
+    module: type, make_trainer: Callable[..., pl.Trainer], mnist_dir: Path, tmp_path: Path
+) -> None:
+    # The MNIST family reads the same tiny IDX files; CIFAR-10 gets its own pickled batches.
+    data_dir = make_cifar10(tmp_path / "cifar") if module is CIFAR10DataModule else mnist_dir
+    dm = module(data_dir=data_dir, batch_size=16, val_size=32, download=False, augment=True)
+    channels = dm.image_shape[0]
+    model = ImageClassifier(backbone="cnn", width=4, in_channels=channels, optimizer=AdamW)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2)
+    trainer.fit(model, datamodule=dm)
+    assert {"train/loss", "val/loss", "val/acc"} <= set(trainer.callback_metrics)
+    (validated,) = trainer.validate(model, datamodule=dm, verbose=False)
+    assert set(validated) == {"val/loss", "val/acc"}
+    (tested,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert 0.0 <= tested["test/acc"] <= 1.0
+    probs = torch.cat(trainer.predict(model, datamodule=dm))
+    assert probs.shape == (len(dm.dataset("test")), 10)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(len(probs)))
