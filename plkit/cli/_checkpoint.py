@@ -103,12 +103,13 @@ class RunCheckpoint(ModelCheckpoint):
         ):
             return
         target = self.last_path
+        # Set before saving: the checkpoint carries this callback's state, and a later load restores it.
+        self.last_model_path = target
+        if self.monitor_missing or (self.monitor is None and self.save_top_k == 0):
+            self.best_model_path = target
         partial = str(Path(target).with_name(f".{Path(target).name}.partial"))
         trainer.save_checkpoint(partial, self.save_weights_only)  # collective: every rank calls it
         if trainer.is_global_zero:
             os.replace(partial, target)
         trainer.strategy.barrier("plkit_last_checkpoint")
         self._last_saved_step = trainer.global_step
-        self.last_model_path = target
-        if self.monitor_missing or (self.monitor is None and self.save_top_k == 0):
-            self.best_model_path = target

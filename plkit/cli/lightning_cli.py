@@ -363,7 +363,7 @@ class PlkitCLI(LightningCLI):
                 folder = Path(getattr(writer, "output_dir", None) or (run_dir or Path(".")) / "predictions")
                 rows = writer_rows(folder)
                 self._say(f"plkit predict: {'' if rows is None else f'{rows:,} rows, '}written to {folder}")
-        elif predictions is not None and self.predictions and run_dir is not None:
+        elif isinstance(predictions, list) and self.predictions and run_dir is not None:
             path = save_predictions(predictions, run_dir / "predictions") if self.trainer.is_global_zero else None
             self._say(f"plkit predict: {count_rows(predictions):,} rows, saved to {path} (torch.load reads it)")
         return predictions
