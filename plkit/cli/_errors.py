@@ -158,6 +158,9 @@ def _union_error(key: str, message: str) -> str:
     if problem:
         class_path, detail = problem["cls"], problem["problem"].strip()
         short = class_path.rsplit(".", 1)[-1]
+        if (nested and nested["key"] == "class_path") or re.search(r"No module named|has no attribute", detail):
+            hint = did_you_mean(short, _class_names(key))
+            return f"{key}.class_path: no class named {class_path!r} ({' '.join(detail.split())}){hint}"
         bad = _NOT_ACCEPTED.search(detail)
         if bad:
             return _unknown_parameter(key, class_path, bad["name"])
@@ -172,7 +175,7 @@ def _union_error(key: str, message: str) -> str:
         where = f"{key}.class_path" if nested else key
         return f"{where}: no class named {name!r}{did_you_mean(name, _class_names(key))}"
     if nested:
-        return f"--{key}.{nested['key']}: not an option of {key}; write --{key}.init_args.{nested['key']}"
+        return f"--{key}.{nested['key']}: {key} names no class to take it; give the class first: --{key} CLASS"
     choices = [v.strip().strip("'\"") for group in _LITERAL.findall(message) for v in group.split(",")]
     if choices:
         choices = list(dict.fromkeys(choices))

@@ -127,6 +127,17 @@ _MISSING = object()
 _KEY = re.compile(r"^(?:unknown key |unknown option --)?(?P<key>[\w/]+(?:\.[\w/]+)*)(?=[:;]| |$)")
 
 
+def _on_command_line(key: str, args: list[str]) -> bool:
+    """Whether a flag on the command line sets ``key`` or a part of it (``init_args`` levels aside)."""
+    parts = [p for p in key.split(".") if p != "init_args"]
+    for arg in args:
+        if arg.startswith("--"):
+            flag = [p for p in arg[2:].split("=", 1)[0].split(".") if p != "init_args"]
+            if flag and (parts[: len(flag)] == flag or flag[: len(parts)] == parts):
+                return True
+    return False
+
+
 def _options(parser: Any) -> list[str]:
     """The option names ``parser`` accepts (``--trainer.max_epochs``), for "did you mean"."""
     try:
@@ -173,7 +184,7 @@ class PlkitArgumentParser(LightningArgumentParser):
             cause = cause.__cause__ or cause.__context__
         line = str(cause) if cause is not None else one_line_parse_error(message, _options(parser))
         key = _KEY.match(line)
-        if cause is None and key and not any(a.startswith(f"--{key['key']}") for a in getattr(parser, "args", [])):
+        if cause is None and key and not _on_command_line(key["key"], getattr(parser, "args", [])):
             files = [*(self.loaded_configs or []), *(getattr(parser, "loaded_configs", None) or [])]
             source = _file_setting(files, key["key"])
             line = f"{source}: {line}" if source else line

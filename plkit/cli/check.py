@@ -28,7 +28,7 @@ CHECK_TRAINER = {
     "strategy": "auto",
     "precision": "32-true",
     "fast_dev_run": 1,
-    "logger": False,
+    "logger": True,  # fast_dev_run swaps it for a logger that writes nothing; callbacks that need one still work
     "enable_progress_bar": False,
     "enable_model_summary": False,
 }
@@ -105,7 +105,7 @@ class CheckCLI(PlkitCLI):
             ),
             ("data", f"{type(datamodule).__name__} ({type(datamodule).__module__})" if datamodule else "none"),
             ("trainer", f"{requested} (the check itself runs on 1 CPU, 32-true)"),
-            ("precision", str(self.requested["precision"])),
+            ("precision", str(self.requested["precision"] or "32-true")),
             ("memory format", memory_format(model, datamodule)),
         ]
         try:

@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,6 +78,7 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.save_last": True,
     "checkpoint.auto_insert_metric_name": False,
 }
+RUNS = "runs"
 # ``ckpt_path`` values Lightning itself gives a meaning; anything else must be a file.
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
@@ -213,6 +215,10 @@ class PlkitCLI(LightningCLI):
         # LightningCLI's, except that a model given by class path is optional: `plkit test --ckpt_path RUN/...`
         # takes it from the run, and parse_arguments says what is missing when nothing gives it.
         parser.add_lightning_class_args(self.trainer_class, "trainer")
+        if self.run_folder and "logger" in inspect.signature(self.trainer_class).parameters:
+            # plkit's run folder as the logger's default, so `--trainer.logger.version NAME` (a requeued job's
+            # own folder) needs nothing more; the run's name and default_root_dir are filled in after parsing.
+            parser.set_defaults({"trainer.logger": tensorboard_logger(RUNS, None)})
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         model_class = self.model_class or LightningModule
         subclass_mode = self.model_class is None or self.subclass_mode_model
@@ -261,11 +267,18 @@ class PlkitCLI(LightningCLI):
             self.save_config_kwargs["config_filename"] = FIT_CONFIG if verb in (None, "fit") else f"{verb}_config.yaml"
         if self.run_folder and isinstance(trainer, Namespace) and "logger" in trainer:
             logger = trainer.get("logger")
+            root = Path(trainer.get("default_root_dir") or ".") / RUNS
             if logger in (None, True):
-                root = Path(trainer.get("default_root_dir") or ".") / "runs"
                 logger = update["logger"] = tensorboard_logger(root, self._run_name(config))
-            elif isinstance(logger, Namespace):
+            elif isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
+                # plkit's default logger, or another that kept its save_dir "runs" and left its name unset
                 logger = logger.as_dict()
+                args = logger["init_args"]
+                filled = {"save_dir": str(root)} if args.get("save_dir") == RUNS else {}
+                if "name" in args and args["name"] is None:
+                    filled["name"] = self._run_name(config)
+                if filled:
+                    logger = update["logger"] = {**logger, "init_args": {**args, **filled}}
             if verb is not None:
                 ckpt = config.get("ckpt_path")
                 continued, resolved = place_run(verb, logger if isinstance(logger, dict) else None, ckpt)
