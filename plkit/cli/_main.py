@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -80,6 +81,9 @@ def main(args: Sequence[str] | None = None) -> None:
 
         if args is None:
             _progress_notes_to_stdout()
+            # Notices Lightning's internals trigger in a newer torch (a LeafSpec deprecation, say): nothing a
+            # user of the command can act on.
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.")
         run_cli(argv, parser_kwargs={"prog": "plkit"})
 
 

@@ -44,16 +44,18 @@ def resolve_config(value: str) -> str:
     if _is_inline(value):
         return value
     path = Path(value).expanduser()
-    if not path.exists():
+    if not path.is_file():  # a file of that name wins (a copied recipe), then a shipped recipe's name
         try:
             path = recipe_path(value)
         except RecipeNotFoundError:
+            if path.is_dir():
+                raise UsageError(
+                    f"--config {value}: is a folder; give a YAML file inside it or a recipe name"
+                ) from None
             hint = did_you_mean(value.removesuffix(".yaml"), recipe_names())
             raise UsageError(
                 f"--config {value}: no such file, and no recipe has that name{hint} (`plkit recipes list`)"
             ) from None
-    if path.is_dir():
-        raise UsageError(f"--config {value}: is a folder; give a YAML file inside it or a recipe name")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
