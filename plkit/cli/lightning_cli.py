@@ -17,7 +17,8 @@ on top, each switched off by a keyword-only argument (or by the config, as noted
 - ``lr_monitor``: a ``LearningRateMonitor`` whenever there is a logger (a recipe's own replaces it);
 - ``predictions``: ``predict`` with no prediction writer keeps its rows in ``RUN/predictions/``;
 - ``signals``: Ctrl+C stops at a batch boundary like SIGTERM, and the exit codes are 130 and 143;
-- ``bf16_fallback``: ``trainer.precision: bf16-*`` on a CPU without native bf16 runs ``32-true``, with a warning.
+- ``bf16_fallback``: ``trainer.precision: bf16-*`` on a CPU without native bf16 runs ``32-true``, with a warning;
+- ``check_ckpt_path``: ``--ckpt_path`` must be a readable checkpoint of the configured model class.
 
 Also on by default: ``--config`` takes a recipe name and may come before the verb; ``--run_test true`` tests
 the best checkpoint when ``fit`` ends; option names are never abbreviated (``parser_kwargs={"allow_abbrev":
@@ -68,7 +69,7 @@ from plkit.cli._run_dir import (
     tensorboard_logger,
 )
 
-__all__ = ["PlkitCLI", "bf16_fallback", "cpu_has_native_bf16"]
+__all__ = ["PlkitCLI", "bf16_fallback", "cpu_has_native_bf16", "has_bf16_flag"]
 
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/loss",
@@ -115,6 +116,8 @@ class PlkitCLI(LightningCLI):
         predictions: ``predict`` keeps its rows in ``RUN/predictions/`` when no writer is configured.
         signals: SIGINT stops at a batch boundary like SIGTERM; exit codes 130 and 143.
         bf16_fallback: ``bf16-*`` precision on a CPU without native bf16 becomes ``32-true``, with a warning.
+        check_ckpt_path: ``--ckpt_path`` must be a readable checkpoint of the configured model class, refused
+            before anything runs (Lightning itself fails later, or loads another class's weights).
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class PlkitCLI(LightningCLI):
         predictions: bool = True,
         signals: bool = True,
         bf16_fallback: bool = True,
+        check_ckpt_path: bool = True,
     ) -> None:
         self.run_name = run_name
         self.run_folder = run_folder
@@ -150,6 +154,7 @@ class PlkitCLI(LightningCLI):
         self.predictions = predictions
         self.signals = signals
         self.bf16_fallback = bf16_fallback
+        self.check_ckpt_path = check_ckpt_path
         self.verb_parsers: dict[str, LightningArgumentParser] = {}
         self._parsers: list[LightningArgumentParser] = []
         self._named_config_file = "config_filename" in (save_config_kwargs or {})
@@ -237,7 +242,7 @@ class PlkitCLI(LightningCLI):
             if verb is not None and self._model_missing(self.config[verb]):
                 self._config_from_checkpoint(parser, args, verb)
             self._apply_defaults(verb)
-            if verb is not None:
+            if verb is not None and self.check_ckpt_path:
                 self._check_checkpoint(verb)
         except UsageError as err:
             (self.verb_parsers.get(str(verb)) or parser).error(str(err), err)
@@ -496,22 +501,35 @@ def _import(class_path: str) -> type:
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``).
+    """Whether this CPU computes bf16 natively, read from ``/proc/cpuinfo``.
 
-    Read from ``/proc/cpuinfo``; where that does not exist (macOS, Windows) the answer is ``True``, so that
-    plkit never overrides a precision it cannot judge.
+    Where that file does not exist (macOS, Windows) the answer is ``True``: plkit never overrides a precision
+    it cannot judge.
     """
     try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        return has_bf16_flag(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return True
+
+
+def has_bf16_flag(cpuinfo: str) -> bool:
+    """Whether ``/proc/cpuinfo`` text lists a native bf16 unit: x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``.
+
+    Example:
+        >>> has_bf16_flag("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile")
+        True
+        >>> has_bf16_flag("Features\t: fp asimd sve bf16 i8mm")
+        True
+        >>> has_bf16_flag("flags\t\t: fpu sse avx2 avx512f")
+        False
+    """
     flags = {
-        word for line in text.splitlines() if line.lower().startswith(("flags", "features")) for word in line.split()
+        word for line in cpuinfo.splitlines() if line.lower().startswith(("flags", "features")) for word in line.split()
     }
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def bf16_fallback(precision: Any, accelerator: Any, cpu_bf16: Callable[[], bool] = cpu_has_native_bf16) -> str | None:
+def bf16_fallback(precision: Any, accelerator: Any, cpu_bf16: Callable[[], bool] | None = None) -> str | None:
     """The precision to use instead of a ``bf16-*`` one that would run emulated on this CPU, or ``None``.
 
     Example:
@@ -530,7 +548,7 @@ def bf16_fallback(precision: Any, accelerator: Any, cpu_bf16: Callable[[], bool]
         on_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     else:
         on_cpu = str(accelerator) == "cpu"
-    return "32-true" if on_cpu and not cpu_bf16() else None
+    return "32-true" if on_cpu and not (cpu_bf16 or cpu_has_native_bf16)() else None
 
 
 def run_cli(args: Sequence[str], cli_class: Callable[..., PlkitCLI] = PlkitCLI, **kwargs: Any) -> PlkitCLI:

@@ -42,7 +42,7 @@ class RecipeNotFoundError(UsageError, LookupError):
 
 @dataclass(frozen=True)
 class Recipe:
-    """One shipped recipe: its name, file and the one-line description from its header."""
+    """One shipped recipe: its name, file and the description from its header."""
 
     name: str
     path: Path
@@ -89,15 +89,24 @@ def recipe_path(name: str) -> Path:
 
 
 def describe(path: Path) -> str:
-    """Return a recipe's one-line description: its first header comment that is not the ``Run:`` line."""
+    """Return a recipe's description: the header comment paragraph after its ``Run:`` line, joined into one line.
+
+    The paragraph ends at an empty comment line (``#``) or at the first line that is not a comment.
+    """
+    words: list[str] = []
     with path.open(encoding="utf-8") as f:
         for line in f:
             if not line.startswith("#"):
                 break
             text = line.lstrip("#").strip()
-            if text and not text.lower().startswith("run:"):
-                return text
-    return ""
+            if text.lower().startswith("run:"):
+                continue
+            if not text:
+                if words:
+                    break
+                continue
+            words.append(text)
+    return " ".join(words)
 
 
 def list_recipes() -> list[Recipe]:
