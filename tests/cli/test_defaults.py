@@ -53,6 +53,7 @@ def test_a_checkpoint_path_is_checked_unless_switched_off(tmp_path: Path) -> Non
     assert test.call_args.kwargs["ckpt_path"] == missing  # left for Lightning to judge
 
 
+@pytest.mark.integration  # a two-epoch fit
 def test_a_recipes_own_model_checkpoint_keeps_its_files_and_plkit_keeps_last(
     tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

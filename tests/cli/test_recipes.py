@@ -105,6 +105,7 @@ def _fresh_python(code: str, cwd: Path, env: dict[str, str] | None = None) -> su
     )
 
 
+@pytest.mark.integration  # fresh interpreters, to see what they import
 @pytest.mark.parametrize("args", [["--help"], ["recipes", "list"], ["recipes", "show", "mnist"]])
 def test_light_commands_import_no_torch_and_answer_fast(args: list[str], tmp_path: Path) -> None:
     code = (
@@ -123,6 +124,7 @@ def test_light_commands_import_no_torch_and_answer_fast(args: list[str], tmp_pat
     assert time.perf_counter() - start < 0.5
 
 
+@pytest.mark.integration  # builds a wheel and runs the installed plkit
 def test_recipes_are_found_inside_a_built_wheel(tmp_path: Path, mnist_dir: Path) -> None:
     dist = tmp_path / "dist"
     build = subprocess.run(
@@ -159,7 +161,7 @@ def test_recipes_are_found_inside_a_built_wheel(tmp_path: Path, mnist_dir: Path)
     fit += ["--data.data_dir", str(mnist_dir), "--data.val_size", "64", "--trainer.enable_progress_bar", "false"]
     proc = subprocess.run(fit, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "`Trainer.fit` stopped: `max_steps=1` reached." in proc.stderr
+    assert "`Trainer.fit` stopped: `max_steps=1` reached." in proc.stdout  # `plkit` keeps stderr for problems
 
 
 def test_checkout_finds_the_top_level_recipes_folder() -> None:

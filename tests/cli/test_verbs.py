@@ -63,6 +63,7 @@ def test_fit_makes_one_folder_per_run_names_it_and_summarises(
     assert (runs_of(tmp_path)[1] / "config.yaml").is_file()
 
 
+@pytest.mark.integration  # two fits
 def test_a_fixed_logger_folder_is_reused_without_failing(
     tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,6 +100,7 @@ def test_validate_test_predict_from_a_checkpoint_without_config(
     assert summary.startswith("plkit test: test/acc=")
 
 
+@pytest.mark.integration  # a fit and a test
 def test_fit_with_run_test_tests_the_best_checkpoint(
     tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -140,6 +142,7 @@ def test_last_ckpt_is_the_last_epoch_when_the_best_is_an_earlier_one(
     assert (resumed["epoch"], resumed["global_step"]) == (3, 12)
 
 
+@pytest.mark.integration  # three fits
 def test_a_named_run_folder_resumes_its_own_last_checkpoint(
     tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -156,6 +159,7 @@ def test_a_named_run_folder_resumes_its_own_last_checkpoint(
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
 
 
+@pytest.mark.integration  # a fit
 def test_argument_order_config_before_the_verb(tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["--config", "mnist", "--config", str(tiny), "fit", "--trainer.max_epochs", "1"], capsys)
     assert code == 0, err
@@ -287,6 +291,7 @@ def test_predict_with_a_plkit_model_writes_probabilities_labels_and_ids(
     assert labels.tolist() == expected.argmax(-1).tolist()
 
 
+@pytest.mark.integration  # four runs
 def test_nothing_is_written_outside_runs(
     tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -341,17 +346,20 @@ def test_fit_turns_a_channel_mismatch_into_the_same_hint(tiny: Path, capsys: pyt
     assert "Traceback" not in err
 
 
-def test_help_lists_the_verbs_and_its_examples_run_as_written(
-    tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--help"], capsys)
     assert code == 0
     for verb in ("fit", "validate", "test", "predict", "check", "recipes", "report"):
         assert f"  {verb} " in out
-    code, _, err = run(["train"], capsys)
+    code, _, err = run(["tets"], capsys)
     assert code == 2
-    assert "'train'" in err
+    assert err.startswith("plkit: error: unknown command 'tets'; did you mean 'test'?")
 
+
+@pytest.mark.integration  # a fit and three verbs
+def test_help_examples_run_as_written(
+    tmp_path: Path, tiny: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     examples = re.findall(r":\s+plkit ((?:fit|validate|test|predict) .*)$", USAGE, flags=re.M)
     assert [e.split()[0] for e in examples] == ["fit", "validate", "test", "predict"]
@@ -366,3 +374,6 @@ def test_help_lists_the_verbs_and_its_examples_run_as_written(
     assert len(flags) >= 2
     code, out, err = run(["fit", "--config", "mnist", *" ".join(flags).split(), "--print_config"], capsys)
     assert code == 0, err
+    config = yaml.safe_load(out)
+    assert config["trainer"]["max_epochs"] == 3
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.01
