@@ -267,7 +267,8 @@ class PlkitCLI(LightningCLI):
     def _apply_defaults(self, verb: str | None) -> None:
         config = self.config[verb] if verb else self.config
         trainer = config.get("trainer")
-        update: dict[str, Any] = {}
+        update: dict[str, Any] = {}  # trainer settings
+        values: dict[str, Any] = {}  # everything to change, validated in one pass
         if not self._named_config_file:
             self.save_config_kwargs["config_filename"] = FIT_CONFIG if verb in (None, "fit") else f"{verb}_config.yaml"
         if self.run_folder and isinstance(trainer, Namespace) and "logger" in trainer:
@@ -290,7 +291,7 @@ class PlkitCLI(LightningCLI):
                 if continued is not None:
                     update["logger"] = continued
                 if resolved != ckpt:
-                    self._update(verb, {"ckpt_path": resolved})
+                    values["ckpt_path"] = resolved
         if verb not in (None, "fit") and config.get("run_test"):
             raise UsageError(f"--run_test belongs to fit, not {verb}: drop it, or run plkit fit ... --run_test true")
         mode = (config.get("checkpoint") or Namespace()).get("mode") if self.checkpoints else None
@@ -305,10 +306,9 @@ class PlkitCLI(LightningCLI):
                 )
                 update["precision"] = fallback
         if update:
-            self._update(verb, {"trainer": update})
-
-    def _update(self, verb: str | None, values: dict[str, Any]) -> None:
-        self.config = self.parser.parse_object({verb: values} if verb else values, self.config)
+            values["trainer"] = update
+        if values:
+            self.config = self.parser.parse_object({verb: values} if verb else values, self.config)
 
     def _run_name(self, config: Namespace) -> str:
         if self.run_name:

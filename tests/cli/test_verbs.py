@@ -82,7 +82,7 @@ def test_validate_test_predict_from_a_checkpoint_without_config(
     (run_dir,) = runs_of(tmp_path)
     best = str(run_dir / "checkpoints" / "best.ckpt")
 
-    for verb in ("validate", "test", "predict"):
+    for verb in ("test", "predict"):  # validate takes the same path
         code, out, err = run([verb, "--ckpt_path", best], capsys)
         assert code == 0, err
         assert f"plkit {verb}: run folder {run_dir}" in out.splitlines(), "a checkpoint's verb logs to its own run"
@@ -122,24 +122,25 @@ def _steps_of_newest_events(run_dir: Path) -> list[int]:
 def test_last_ckpt_is_the_last_epoch_when_the_best_is_an_earlier_one(
     tmp_path: Path, tiny: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # "Best" by the lowest accuracy: the first epoch, while training goes on to a third.
-    worst_first = ["--checkpoint.mode", "min", "--trainer.max_epochs", "3"]
+    # "Best" by the lowest accuracy: the first epoch, while training goes on to a third. Two steps an epoch.
+    short = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    worst_first = ["--checkpoint.mode", "min", "--trainer.max_epochs", "3", *short]
     code, _, err = run(["fit", "--config", "mnist", "--config", str(tiny), *worst_first], capsys)
     assert code == 0, err
     (run_dir,) = runs_of(tmp_path)
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (best["epoch"], best["global_step"]) == (0, 3), "setup: the best epoch is the first"
-    assert (last["epoch"], last["global_step"]) == (2, 9), "last.ckpt is the last epoch, not the last best one"
+    assert (best["epoch"], best["global_step"]) == (0, 2), "setup: the best epoch is the first"
+    assert (last["epoch"], last["global_step"]) == (2, 6), "last.ckpt is the last epoch, not the last best one"
 
-    resume = ["--ckpt_path", "last", "--trainer.max_epochs", "4"]
+    resume = ["--ckpt_path", "last", "--trainer.max_epochs", "4", *short]
     cli = PlkitCLI(args=["fit", "--config", "mnist", "--config", str(tiny), *resume])
     assert Path(cli.trainer.log_dir) == run_dir, "--ckpt_path last continues the run in its own folder"
     assert cli.trainer.logger.version == 0, "a number, so the progress bar shows v_num=0 (not 'on_0')"
-    assert cli.trainer.global_step == 12
-    assert min(_steps_of_newest_events(run_dir)) >= 9, "the resumed run starts after epoch 2: nothing repeated"
+    assert cli.trainer.global_step == 8
+    assert min(_steps_of_newest_events(run_dir)) >= 6, "the resumed run starts after epoch 2: nothing repeated"
     resumed = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (resumed["epoch"], resumed["global_step"]) == (3, 12)
+    assert (resumed["epoch"], resumed["global_step"]) == (3, 8)
 
 
 @pytest.mark.integration  # three fits
