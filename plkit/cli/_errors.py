@@ -80,6 +80,7 @@ def is_user_error(error: BaseException) -> bool:
 
 _UNION = re.compile(r'^Parser key "(?P<key>[^"]+)":.*?Does not validate against any of the Union subtypes', re.S)
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(?P<values>[^\]]*)\]")
+_CHOICE = re.compile(r"invalid choice: '(?P<choice>[^']*)' \(choose from (?P<choices>[^)]*)\)")
 _SUBCOMMAND = re.compile(r'expected "(?P<dest>[\w.]*subcommand)" to be one of \{(?P<verbs>[^}]*)\}')
 _CLASS_PROBLEM = re.compile(
     r"Problem with given class_path '(?P<cls>[^']+)':\s*\n\s*(?P<problem>.+?)(?=\n\s*- |\n\s*Given value|\Z)", re.S
@@ -119,6 +120,12 @@ def one_line_parse_error(message: str, options: Iterable[str] = ()) -> str:
     union = _UNION.match(message)
     if union:
         return _union_error(union["key"], message)
+    choice = _CHOICE.search(message)
+    if choice:
+        word, choices = choice["choice"], [c.strip(" '") for c in choice["choices"].split(",")]
+        if word in ("check", "recipes", "report"):
+            return f"{word!r} is a command of plkit's own: put it first (plkit {word} --config ...)"
+        return f"unknown verb {word!r}{did_you_mean(word, choices)}; choose one of {', '.join(choices)}"
     subcommand = _SUBCOMMAND.search(message)
     if subcommand:
         verbs = subcommand["verbs"].split(",")

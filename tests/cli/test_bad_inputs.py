@@ -76,6 +76,8 @@ ROWS = [
     # Commands and verbs.
     Row("trian", ("'trian'", "fit")),
     Row("--config mnist", ("name the verb",)),
+    Row("--config mnist check", ("'check'", "plkit check --config")),
+    Row("fit --config mnist --trainer.logger false --trainer.logger.version 3", ("--trainer.logger.version", "CLASS")),
     Row("fit --config mnist extra", ("'extra'",)),
     Row("test", ("test needs a model", "--ckpt_path")),
     Row("fit", ("fit needs a model", "--config")),
