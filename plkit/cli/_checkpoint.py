@@ -19,10 +19,12 @@ callback warns once, keeps ``last.ckpt`` only, and ``ckpt_path="best"`` then mea
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -30,7 +32,7 @@ from typing_extensions import override
 
 from plkit.cli._errors import did_you_mean
 
-__all__ = ["RunCheckpoint"]
+__all__ = ["RunCheckpoint", "checkpoint_callbacks"]
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -113,3 +115,22 @@ class RunCheckpoint(ModelCheckpoint):
             os.replace(partial, target)
         trainer.strategy.barrier("plkit_last_checkpoint")
         self._last_saved_step = trainer.global_step
+
+
+def checkpoint_callbacks(settings: dict[str, Any], present: Sequence[Callback]) -> list[Callback]:
+    """plkit's ``RunCheckpoint`` from the ``checkpoint:`` settings, or a last-only one beside a recipe's own.
+
+    A recipe's own ``ModelCheckpoint`` keeps its top-k files; its ``save_last`` (which Lightning refreshes
+    only with a top-k save) hands ``last.ckpt`` in the run's ``checkpoints/`` over to plkit's.
+    """
+    theirs = [c for c in present if isinstance(c, ModelCheckpoint)]
+    if not theirs:
+        if settings.get("monitor") is None:
+            settings = {**settings, "save_top_k": 0}
+        return [RunCheckpoint(**settings)]
+    if not settings.get("save_last") or any(isinstance(c, RunCheckpoint) for c in theirs):
+        return []
+    for callback in theirs:
+        if callback.save_last and callback.dirpath is None:
+            callback.save_last = False
+    return [RunCheckpoint(monitor=None, save_top_k=0, save_last=True)]

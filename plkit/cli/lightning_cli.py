@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
@@ -54,10 +53,11 @@ from typing_extensions import override
 import plkit.callbacks
 import plkit.data
 import plkit.models  # noqa: F401
-from plkit.cli._checkpoint import RunCheckpoint
+from plkit.cli._checkpoint import checkpoint_callbacks
 from plkit.cli._errors import UsageError
 from plkit.cli._lifecycle import Interrupts, count_rows, format_metrics, save_predictions, writer_rows
 from plkit.cli._parser import PlkitArgumentParser, RecipeConfigFile
+from plkit.cli._precision import bf16_fallback
 from plkit.cli._run_dir import (
     FIT_CONFIG,
     config_for_checkpoint,
@@ -69,7 +69,7 @@ from plkit.cli._run_dir import (
     tensorboard_logger,
 )
 
-__all__ = ["PlkitCLI", "bf16_fallback", "cpu_has_native_bf16", "has_bf16_flag"]
+__all__ = ["PlkitCLI", "run_cli"]
 
 CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/loss",
@@ -342,7 +342,7 @@ class PlkitCLI(LightningCLI):
             callbacks = list(trainer.get("callbacks") or [])
             present = [*callbacks, *_as_list(self.trainer_defaults.get("callbacks")), *_top_level_callbacks(config)]
             if self.checkpoints and trainer.get("enable_checkpointing") is not False:
-                callbacks.extend(_checkpoint_callbacks(config["checkpoint"].as_dict(), present))
+                callbacks.extend(checkpoint_callbacks(config["checkpoint"].as_dict(), present))
             has_logger = trainer.get("logger") not in (None, False)
             if self.lr_monitor and has_logger and not _has(present, LearningRateMonitor):
                 callbacks.append(LearningRateMonitor(**config["lr_monitor"].as_dict()))
@@ -473,82 +473,11 @@ def _has(callbacks: Sequence[Callback], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
 
 
-def _checkpoint_callbacks(settings: dict[str, Any], present: Sequence[Callback]) -> list[Callback]:
-    """plkit's ``RunCheckpoint`` from the ``checkpoint:`` settings, or a last-only one beside a recipe's own.
-
-    A recipe's own ``ModelCheckpoint`` keeps its top-k files; its ``save_last`` (which Lightning refreshes
-    only with a top-k save) hands ``last.ckpt`` in the run's ``checkpoints/`` over to plkit's.
-    """
-    theirs = [c for c in present if isinstance(c, ModelCheckpoint)]
-    if not theirs:
-        if settings.get("monitor") is None:
-            settings = {**settings, "save_top_k": 0}
-        return [RunCheckpoint(**settings)]
-    if not settings.get("save_last") or _has(theirs, RunCheckpoint):
-        return []
-    for callback in theirs:
-        if callback.save_last and callback.dirpath is None:
-            callback.save_last = False
-    return [RunCheckpoint(monitor=None, save_top_k=0, save_last=True)]
-
-
 def _import(class_path: str) -> type:
     import importlib
 
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively, read from ``/proc/cpuinfo``.
-
-    Where that file does not exist (macOS, Windows) the answer is ``True``: plkit never overrides a precision
-    it cannot judge.
-    """
-    try:
-        return has_bf16_flag(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return True
-
-
-def has_bf16_flag(cpuinfo: str) -> bool:
-    """Whether ``/proc/cpuinfo`` text lists a native bf16 unit: x86 ``avx512_bf16``/``amx_bf16``, Arm ``bf16``.
-
-    Example:
-        >>> has_bf16_flag("flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile")
-        True
-        >>> has_bf16_flag("Features\t: fp asimd sve bf16 i8mm")
-        True
-        >>> has_bf16_flag("flags\t\t: fpu sse avx2 avx512f")
-        False
-    """
-    flags = {
-        word for line in cpuinfo.splitlines() if line.lower().startswith(("flags", "features")) for word in line.split()
-    }
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def bf16_fallback(precision: Any, accelerator: Any, cpu_bf16: Callable[[], bool] | None = None) -> str | None:
-    """The precision to use instead of a ``bf16-*`` one that would run emulated on this CPU, or ``None``.
-
-    Example:
-        >>> bf16_fallback("bf16-mixed", "cpu", cpu_bf16=lambda: False)
-        '32-true'
-        >>> bf16_fallback("bf16-mixed", "cpu", cpu_bf16=lambda: True) is None
-        True
-        >>> bf16_fallback("16-mixed", "cpu", cpu_bf16=lambda: False) is None
-        True
-    """
-    if not str(precision).startswith("bf16"):
-        return None
-    if accelerator in (None, "auto"):
-        import torch
-
-        on_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    else:
-        on_cpu = str(accelerator) == "cpu"
-    return "32-true" if on_cpu and not (cpu_bf16 or cpu_has_native_bf16)() else None
 
 
 def run_cli(args: Sequence[str], cli_class: Callable[..., PlkitCLI] = PlkitCLI, **kwargs: Any) -> PlkitCLI:

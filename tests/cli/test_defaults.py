@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-import plkit.cli.lightning_cli as lightning_cli
+import plkit.cli._precision as precision
 from plkit.cli import PlkitCLI
 
 from cli_helpers import run
@@ -22,7 +22,7 @@ BF16_ON_CPU = ["--trainer.precision=bf16-mixed", "--trainer.accelerator=cpu", "-
 def test_bf16_on_a_cpu_without_it_falls_back_to_32_true_with_one_warning(
     native: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lightning_cli, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         cli = PlkitCLI(BoringModel, run=False, args=BF16_ON_CPU)
@@ -38,7 +38,7 @@ def test_bf16_on_a_cpu_without_it_falls_back_to_32_true_with_one_warning(
 
 
 def test_the_bf16_fallback_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lightning_cli, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     cli = PlkitCLI(BoringModel, run=False, args=BF16_ON_CPU, bf16_fallback=False)
     assert cli.trainer.precision == "bf16-mixed"
 
