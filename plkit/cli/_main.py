@@ -91,6 +91,9 @@ def main(args: Sequence[str] | None = None) -> None:
 def _reported(command: str) -> Iterator[None]:
     """Turn a user's mistake into one line on stderr and an exit code; keep the traceback of anything else."""
     prefix = "plkit" if command == "plkit" else f"plkit {command}"
+    if _debug():  # plkit's developers want the traceback of everything
+        yield
+        return
     try:
         yield
     except KeyboardInterrupt:
@@ -100,7 +103,7 @@ def _reported(command: str) -> Iterator[None]:
         print(f"{prefix}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as err:
-        if _debug() or not is_user_error(err):
+        if not is_user_error(err):
             raise
         print(f"{prefix}: error: {one_line_error(err)}", file=sys.stderr)
         hint = hint_for(err)

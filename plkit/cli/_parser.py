@@ -179,6 +179,8 @@ class PlkitArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)
+        if os.environ.get("PLKIT_DEBUG", "") not in ("", "0"):
+            raise UsageError(message) from ex  # the traceback, and jsonargparse's whole report
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
         cause = ex

@@ -190,6 +190,23 @@ def test_configs_merge_in_order_and_flags_override_them(
     assert config["data"]["init_args"]["batch_size"] == 16
 
 
+def test_a_verb_as_an_options_value_stays_a_value(tiny: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--config", "mnist", "--config", str(tiny), "fit", "--trainer.logger.init_args.name", "test"]
+    code, out, err = run([*args, "--print_config"], capsys)
+    assert code == 0, err
+    assert yaml.safe_load(out)["trainer"]["logger"]["init_args"]["name"] == "test"
+
+
+def test_plkit_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from plkit.cli._errors import UsageError
+
+    monkeypatch.setenv("PLKIT_DEBUG", "1")
+    with pytest.raises(UsageError, match=r"trainer\.max_epochs"):
+        run(["fit", "--config", "mnist", "--trainer.max_epochs", "abc"], capsys)
+    with pytest.raises(UsageError, match="no recipe has that name"):
+        run(["fit", "--config", "mnst"], capsys)
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -287,7 +304,7 @@ def test_predict_with_a_plkit_model_writes_probabilities_labels_and_ids(
     data.setup("predict")
     batches = list(data.predict_dataloader())[:2]
     with torch.no_grad():
-        expected = torch.cat([model(batch["image"]).softmax(-1) for batch in batches])
+        expected = torch.cat([model(batch["input"]).softmax(-1) for batch in batches])
     np.testing.assert_allclose(probabilities, expected.numpy(), rtol=1e-5, atol=1e-6)
     assert labels.tolist() == expected.argmax(-1).tolist()
 
