@@ -193,6 +193,7 @@ def test_a_failed_verification_keeps_nothing(
 
     ckpt = checkpoint_of(ScaleModel(), tmp_path / "scale.ckpt")
     real_load = export.load
+    # The file as written, run back shifted by 0.01: what an exporter that changed the numbers would give.
     monkeypatch.setattr(export, "load", lambda path, fmt: lambda batch: real_load(path, fmt)(batch) + 0.01)
     err = one_line_error(["export", "--ckpt_path", str(ckpt), "--format", "exported_program"], capsys)
     assert "outputs differ from the eager model's by 1.00e-02 (tolerance" in err
