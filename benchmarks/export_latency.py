@@ -6,9 +6,11 @@ weights are random: latency does not depend on them). Each format is written by 
 ``onnxruntime`` (as many intra-op threads as torch has), ``torch.jit.load``, ``torch.export.load(...).module()``.
 Eager is the same module in ``eval`` mode. Everything runs under ``torch.inference_mode``.
 
-Per batch size (1 and 256), the contenders take turns over the rounds; in a round each makes a few warm-up
-calls and then a fixed number of timed calls, and the round's figure is the time per call. The table gives
-the median per call over the rounds, and the median over rounds of the ratio to eager's time in the same round.
+Per batch size (1 and 256), every contender first makes a few warm-up calls (TorchScript's profiling
+executor optimises its graph over the first calls); then the contenders take turns over many short rounds,
+in an order that rotates from round to round, each timing a block of calls. The table gives the median time
+per call over the rounds, and the median over rounds of the ratio to eager's time in the same round: short
+interleaved rounds keep a burst of load on a shared machine from landing on one contender only.
 Run ``python -m benchmarks --only latency`` (or ``python -m benchmarks.export_latency [--quick]``).
 """
 
@@ -34,9 +36,9 @@ from plkit.models import ImageClassifier
 
 RECIPE = "fashion_mnist"
 BATCHES = (1, 256)
-#: timed calls per round: enough for a round to last well above the timer's resolution.
-CALLS = {1: 200, 256: 10}
-WARMUP_CALLS = 3
+#: timed calls per contender and round: a block lasts well above the timer's resolution, and well below a second.
+CALLS = {1: 20, 256: 2}
+WARMUP_CALLS = 5
 
 
 def build_model() -> ImageClassifier:
@@ -48,8 +50,6 @@ def build_model() -> ImageClassifier:
 
 
 def _seconds_per_call(run: Callable[[Tensor], Tensor], batch: Tensor, calls: int) -> float:
-    for _ in range(WARMUP_CALLS):
-        run(batch)
     start = time.perf_counter()
     for _ in range(calls):
         run(batch)
@@ -58,8 +58,7 @@ def _seconds_per_call(run: Callable[[Tensor], Tensor], batch: Tensor, calls: int
 
 def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
     """Time eager and every available format at batch 1 and 256; ``quick`` does fewer calls and rounds."""
-    rounds = rounds or (2 if quick else 7)
-    calls = {size: max(2, n // 10) if quick else n for size, n in CALLS.items()}
+    rounds = rounds or (3 if quick else 15)
     model = build_model()
     formats = [fmt for fmt in FORMATS if fmt != "onnx" or importlib.util.find_spec("onnxruntime") is not None]
     example = torch.randn(2, 1, 28, 28)
@@ -80,9 +79,13 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
                 for name, runner in runners.items():
                     diff = (runner(batch) - expected).abs().max()
                     max_abs_diff[name] = max(max_abs_diff.get(name, 0.0), float(diff))
-                for _ in range(rounds):
-                    for name, runner in runners.items():
-                        times[size][name].append(_seconds_per_call(runner, batch, calls[size]))
+                for runner in runners.values():
+                    for _ in range(WARMUP_CALLS):
+                        runner(batch)
+                names = list(runners)
+                for round_ in range(rounds):
+                    for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                        times[size][name].append(_seconds_per_call(runners[name], batch, CALLS[size]))
     ms = {size: {name: statistics.median(t) * 1e3 for name, t in by_name.items()} for size, by_name in times.items()}
     ratios = {
         size: {
@@ -96,7 +99,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "threads": torch.get_num_threads(),
         "rounds": rounds,
-        "calls_per_round": {str(size): n for size, n in calls.items()},
+        "calls_per_round": {str(size): n for size, n in CALLS.items()},
         "formats": formats,
         "skipped": [fmt for fmt in FORMATS if fmt not in formats],
         "ms_per_call": {str(size): by_name for size, by_name in ms.items()},
