@@ -135,7 +135,8 @@ def tables(results: dict[str, Any]) -> list[Table]:
         )
     title = (
         f"6. Inference latency of plkit export's formats: the {results['model']} ({results['parameters']:,} "
-        f"parameters), CPU, {results['threads']} threads, median of {results['rounds']} rounds"
+        f"parameters), CPU, {results['threads']} thread{'s' if results['threads'] != 1 else ''}, "
+        f"median of {results['rounds']} rounds"
     )
     header = ["format", "runs with", "batch 1 ms", "vs eager", "batch 256 ms", "vs eager", "us/image at 256"]
     header += ["file KiB", "max abs diff"]
