@@ -30,6 +30,7 @@ from plkit.cli._errors import UsageError
 __all__ = [
     "FILENAMES",
     "FORMATS",
+    "RUNTIMES",
     "CaptureError",
     "TraceError",
     "check_extra",
@@ -90,11 +91,11 @@ def check_extra(fmt: str) -> None:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence what torch prints while it exports: deprecation notices, tracer hints and graph dumps.
+    """Silence what torch prints while it exports: deprecation notices, log lines and graph dumps.
 
-    TorchScript's own deprecation is told once, in the command's output; the tracer's "converting a
-    tensor to a Python boolean" comes from the captured graph's shape checks, not from the user's model;
-    a failed capture logs pages of graph that :func:`explain` reduces to one line.
+    TorchScript's deprecation is told once, in the command's output; a failed capture prints pages of
+    graph that :func:`explain` reduces to one line. (The tracer's warnings are recorded, not printed:
+    :func:`_trace` turns them into a :class:`TraceError`.)
     """
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)

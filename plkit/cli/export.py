@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import plkit
 from plkit.cli._errors import UsageError
@@ -153,13 +153,12 @@ def export_checkpoint(
     if not isinstance(expected, Tensor):
         raise UsageError(f"{type(model).__name__}.forward returns {type(expected).__name__}: export needs one tensor")
 
-    check = _write_verified(target, fmt, deployable, inputs, expected, tolerance, source)
+    check, sha256, file_versions = _write_verified(target, fmt, deployable, inputs, expected, tolerance, source)
     check.update(inputs=kind, source=source, batch_sizes=[len(inputs), 1], runtime=RUNTIMES[fmt])
-    file_versions = check.pop("versions")
     metadata = {
         "format": fmt,
         "file": target.name,
-        "sha256": check.pop("sha256"),
+        "sha256": sha256,
         "model": sections["model"]["class_path"],
         "part": part,
         "input": {"name": "input", "shape": ["batch", *inputs.shape[1:]], "dtype": _dtype(inputs)},
@@ -178,15 +177,18 @@ def export_checkpoint(
 
 
 def _write_verified(
-    target: Path, fmt: str, module: nn.Module, inputs: Tensor, expected: Tensor, tolerance: float, source: str
-) -> dict[str, Any]:
+    target: Path, fmt: str, module: Deployable, inputs: Tensor, expected: Tensor, tolerance: float, source: str
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """Export ``module`` to a temporary file, check it on ``inputs`` and on one row, then rename it to ``target``.
 
     The metadata of an export it replaces is removed first, so no file ever sits beside another's JSON; a
     folder it had to create is removed again when nothing could be kept.
+
+    Returns:
+        The check (``max_abs_diff``, ``tolerance``), the file's SHA-256, and the versions it depends on.
     """
     allowed = tolerance * max(1.0, float(expected.abs().max()))
-    check: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
 
     def write(tmp: Path) -> None:
         # Two rows, so that torch.export does not specialise the batch dimension to 1.
@@ -195,22 +197,29 @@ def _write_verified(
             save(module, example, fmt, tmp)
         except Exception as err:
             raise UsageError(_cannot_export(err, fmt, module, example)) from err
-        run = load(tmp, fmt)
-        diff = 0.0
-        for batch, want in ((inputs, expected), (inputs[:1], expected[:1])):
-            try:
-                with torch.no_grad():
-                    got = run(batch)
-            except Exception as err:
-                raise UsageError(f"the {fmt} file fails on a batch of {len(batch)}: {first_line(err)}") from err
-            diff = max(diff, float((got - want).abs().max()))
+        try:
+            run = load(tmp, fmt)
+            with torch.no_grad():
+                outputs = [(run(batch), want) for batch, want in ((inputs, expected), (inputs[:1], expected[:1]))]
+        except Exception as err:
+            raise UsageError(f"the {fmt} file fails in {RUNTIMES[fmt]}: {first_line(err)}") from err
+        for got, want in outputs:
+            if got.shape != want.shape:
+                raise UsageError(
+                    f"the {fmt} file returns {list(got.shape)} where the eager model returns {list(want.shape)}: "
+                    "nothing kept"
+                )
+        diff = max(float((got - want).abs().max()) for got, want in outputs)
         if not diff <= allowed:
             raise UsageError(
                 f"the {fmt} file's outputs differ from the eager model's by {diff:.2e} (tolerance {allowed:.2e}) "
                 f"on {source}: nothing kept; raise --tolerance if that is expected"
             )
-        check.update(max_abs_diff=diff, tolerance=allowed, versions=versions(fmt, tmp))
-        check["sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        kept.update(
+            check={"max_abs_diff": diff, "tolerance": allowed},
+            sha256=hashlib.sha256(tmp.read_bytes()).hexdigest(),
+            versions=versions(fmt, tmp),
+        )
         target.with_name(f"{target.name}.json").unlink(missing_ok=True)
 
     folder = target.parent
@@ -223,7 +232,7 @@ def _write_verified(
     finally:
         if created and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    return check
+    return kept["check"], kept["sha256"], kept["versions"]
 
 
 def _cannot_export(err: Exception, fmt: str, module: Deployable, example: Tensor) -> str:
@@ -267,16 +276,21 @@ def _class_names(datamodule: object) -> list[str] | None:
 
 def run_export_command(argv: Sequence[str]) -> None:
     """Run ``plkit export --ckpt_path CKPT --format FORMAT [--part P] [--raw_images] [--output_dir D] [--force]``."""
-    parser = argparse.ArgumentParser(prog="plkit export", description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint: runs/mnist/version_0/checkpoints/best.ckpt")
+    description = "Export a checkpoint's model, verified against the eager model before it is kept (see README)."
+    parser = argparse.ArgumentParser(prog="plkit export", description=description)
+    parser.add_argument(
+        "--ckpt_path", required=True, metavar="CKPT", help="e.g. runs/mnist/version_0/checkpoints/best.ckpt"
+    )
     parser.add_argument("--format", required=True, help=f"{' | '.join(FORMATS)} (onnx needs plkit[export])")
-    parser.add_argument("--part", help="AutoEncoder only: encoder (inputs -> embeddings; the default) or full")
+    parser.add_argument(
+        "--part", metavar="{encoder,full}", help="AutoEncoder only: its encoder (the default) or all of it"
+    )
     raw_help = "take uint8 images and normalise them inside the file; a classifier's returns probabilities"
     parser.add_argument("--raw_images", action="store_true", help=raw_help)
-    parser.add_argument("--output_dir", help="where to write (default: the run's export/ folder)")
+    parser.add_argument("--output_dir", metavar="DIR", help="where to write (default: the run's export/ folder)")
     parser.add_argument("--force", action="store_true", help="replace an export of the same format")
     tolerance_help = f"largest allowed |file - eager|, times the largest |output| above 1 (default {DEFAULT_TOLERANCE})"
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help=tolerance_help)
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T", help=tolerance_help)
     args = parser.parse_args(list(argv))
     report = export_checkpoint(
         args.ckpt_path, args.format, args.part, args.raw_images, args.output_dir, args.force, args.tolerance

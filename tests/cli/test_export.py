@@ -200,6 +200,14 @@ def test_a_failed_verification_keeps_nothing(
     assert "on 32 random inputs; the run names no data module: nothing kept" in err
     assert not (tmp_path / "export").exists()
 
+    def broken(path: Path, fmt: str) -> Any:
+        raise RuntimeError("the runtime refuses the file\nand says more on later lines")
+
+    monkeypatch.setattr(export, "load", broken)
+    err = one_line_error(["export", "--ckpt_path", str(ckpt), "--format", "exported_program"], capsys)
+    assert "the exported_program file fails in torch.export.load: RuntimeError: the runtime refuses the file" in err
+    assert not (tmp_path / "export").exists()
+
 
 class EigenvaluesModel(ScaleModel):
     """Eigenvalues of a symmetric matrix made from each input: torch.export captures them, ONNX has no such op."""
