@@ -58,7 +58,8 @@ def _seconds_per_call(run: Callable[[Tensor], Tensor], batch: Tensor, calls: int
 
 def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
     """Time eager and every available format at batch 1 and 256; ``quick`` does fewer calls and rounds."""
-    rounds = rounds or (3 if quick else 15)
+    rounds = rounds or (2 if quick else 15)
+    warmup = 2 if quick else WARMUP_CALLS
     model = build_model()
     formats = [fmt for fmt in FORMATS if fmt != "onnx" or importlib.util.find_spec("onnxruntime") is not None]
     example = torch.randn(2, 1, 28, 28)
@@ -80,7 +81,7 @@ def run(quick: bool = False, rounds: int | None = None) -> dict[str, Any]:
                     diff = (runner(batch) - expected).abs().max()
                     max_abs_diff[name] = max(max_abs_diff.get(name, 0.0), float(diff))
                 for runner in runners.values():
-                    for _ in range(WARMUP_CALLS):
+                    for _ in range(warmup):
                         runner(batch)
                 names = list(runners)
                 for round_ in range(rounds):
