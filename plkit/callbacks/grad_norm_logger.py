@@ -137,8 +137,8 @@ class GradNormLogger(Callback):
         if not params:
             return
         layers = self._layer_norms(pl_module, params) if self.per_layer and logged else {}
-        if layers:
-            total = get_total_norm(list(layers.values()), self.norm_type)  # the p-norm of the layers' p-norms
+        if layers:  # the p-norm of the layers' p-norms
+            total = torch.linalg.vector_norm(torch.stack(list(layers.values())), self.norm_type)
         else:
             # foreach=None: the fused kernels on CPU and CUDA, a per-tensor loop on devices without them.
             total = get_total_norm([p.grad for p in params], self.norm_type)
@@ -208,8 +208,8 @@ class GradNormLogger(Callback):
     def _layer_norms(self, pl_module: pl.LightningModule, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if any(id(p) not in self._layers for p in params):
             self._layers = {id(p): name.rpartition(".")[0] or name for name, p in pl_module.named_parameters()}
-        # One fused call for every tensor, grouped by module afterwards: 1.3 ms against 2.4 ms for one
-        # get_total_norm call per module (64-layer MLP, CPU; the "per_layer" rows of python -m benchmarks).
+        # One fused per-tensor call (what get_total_norm runs inside), grouped by module afterwards: 1.9x faster
+        # than one get_total_norm call per module (64-layer MLP, CPU: the per-layer rows of python -m benchmarks).
         device = params[0].grad.device
         norms = torch._foreach_norm([p.grad for p in params], self.norm_type)
         grouped: dict[str, list[torch.Tensor]] = {}
