@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,10 +263,13 @@ def _adopt(shard: ShardReader, folder: Path, files: dict[str, str]) -> int:
     return n
 
 
-def write_projector(log_dir: Path, key: str, shards: list[ShardReader], indexed: bool, header: list[str]) -> int:
-    """TensorBoard's projector files for one embedding: ``log_dir/projector/<key>/`` holds ``tensor.tsv`` (the
-    values as float32, no ids), ``metadata.tsv`` (the ids, and labels when ``header`` names two columns) and
-    ``embedding.pbtxt``; ``log_dir/projector_config.pbtxt`` then lists every embedding there. Returns the rows."""
+def write_projector(
+    log_dir: Path, key: str, shards: list[ShardReader], indexed: bool, header: list[str]
+) -> Callable[[], None]:
+    """TensorBoard's projector files for one embedding, in ``log_dir/projector/<key>/``: ``tensor.tsv`` (the values
+    as float32, no ids), ``metadata.tsv`` (the ids, and the labels when ``header`` names two columns) and
+    ``embedding.pbtxt``. They are written under temporary names; the function returned renames them into place
+    and lists the embedding in ``log_dir/projector_config.pbtxt``: call it once the result itself is in place."""
     folder = log_dir / "projector" / key
     folder.mkdir(parents=True, exist_ok=True)
     rows = 0
@@ -280,15 +283,18 @@ def write_projector(log_dir: Path, key: str, shards: list[ShardReader], indexed:
             rows += len(values)
             del values, columns  # see blocks()
     path = f"projector/{key}"
-    write_text(
-        folder / "embedding.pbtxt",
+    entry = (
         f'embeddings {{\n  tensor_name: "{key}"\n  tensor_path: "{path}/tensor.tsv"\n'
-        f'  metadata_path: "{path}/metadata.tsv"\n  tensor_shape: {rows}\n  tensor_shape: {shards[0].dim}\n}}\n',
+        f'  metadata_path: "{path}/metadata.tsv"\n  tensor_shape: {rows}\n  tensor_shape: {shards[0].dim}\n}}\n'
     )
-    for name in ("tensor.tsv", "metadata.tsv"):
-        os.replace(folder / f".{name}.partial", folder / name)
-    write_projector_config(log_dir)
-    return rows
+
+    def publish() -> None:
+        for name in ("tensor.tsv", "metadata.tsv"):
+            os.replace(folder / f".{name}.partial", folder / name)
+        write_text(folder / "embedding.pbtxt", entry)
+        write_projector_config(log_dir)
+
+    return publish
 
 
 def write_projector_config(log_dir: Path) -> None:

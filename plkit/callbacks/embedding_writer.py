@@ -373,10 +373,10 @@ class EmbeddingWriter(BasePredictionWriter):
 
     def _write_result(self, folder: Path, shards: list[store.ShardReader], world_size: int) -> dict[str, Any]:
         first, indexed = shards[0], self._has_indices
-        projector = None
-        if self._log_dir is not None:
+        projector, publish = None, None
+        if self._log_dir is not None:  # before the result: a single rank's result takes over the shard's files
             header = [self.id_key or "index", *([self.label_key] if self.label_key else [])]
-            store.write_projector(self._log_dir, self.prediction_key, shards, indexed, header)
+            publish = store.write_projector(self._log_dir, self.prediction_key, shards, indexed, header)
             tensor = self._log_dir / "projector" / self.prediction_key / "tensor.tsv"
             projector = {"config": str(self._log_dir / store.PROJECTOR_CONFIG), "tensor": str(tensor)}
         files = {"values": f"{self.prediction_key}.{self.format}"}
@@ -385,6 +385,8 @@ class EmbeddingWriter(BasePredictionWriter):
         if "labels" in first.kinds:
             files["labels"] = "labels.txt" if first.kinds["labels"] == "str" else "labels.npy"
         rows = store.write_result(folder, shards, files, indexed)
+        if publish is not None:
+            publish()
         sources = first.meta["sources"]
         return {
             "format": self.format,
@@ -417,7 +419,8 @@ class EmbeddingWriter(BasePredictionWriter):
         store.remove(folder / _SHARDS / f"rank{self._rank}")
         if everything:
             store.remove(folder / _SHARDS)
-            for partial in folder.glob(".*.partial"):
+            projector = [] if self._log_dir is None else [self._log_dir / "projector" / self.prediction_key]
+            for partial in [p for f in [folder, *projector] for p in f.glob(".*.partial")]:
                 store.remove(partial)
 
     @override

@@ -444,3 +444,17 @@ class Both(TinyModel):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         rows = self(batch["x"])
         return {"embeddings": rows, "probabilities": rows.softmax(dim=1)}
+
+
+def test_failure_while_writing_leaves_no_result_and_no_projector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("plkit.callbacks._embedding_store.write_result", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        predict(tmp_path, EmbeddingWriter(tmp_path / "out", label_key="name", projector=True))
+    assert_no_result(tmp_path / "out")
+    assert not (tmp_path / "projector_config.pbtxt").exists()
+    assert list((tmp_path / "projector").rglob("*")) == [tmp_path / "projector" / "embeddings"]  # empty
