@@ -17,10 +17,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+import pytest
+import torch
 import yaml
+
+from plkit.data import MNISTDataModule
+from plkit.models import ImageClassifier
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -28,6 +35,10 @@ README = REPO / "README.md"
 #: what the README's commands name, and what the tests put in its place.
 README_DATA = "/path/to/mnist"
 README_PORT = "29400"
+
+#: the tiny runs: 320 generated images, 64 held out for validation, 2 ranks of 4 batches of 32 per epoch.
+EPOCHS = 2
+STEPS_PER_EPOCH = 4
 
 STARTED: list[subprocess.Popen[str]] = []
 
@@ -165,12 +176,43 @@ def as_run(command: str, data_dir: Path, port: int | None = None) -> list[str]:
     return words
 
 
+@dataclass
+class TwoNodes:
+    """A two-node torchrun fit and predict (the ``two_nodes`` fixture): where each of its outputs is."""
+
+    work: Path  # the folder both nodes ran in
+    run: Path
+    status: Path
+    probe: Path
+    audit: Path
+
+
+def run_on_two_nodes(words: list[str], env: dict[str, str], cwd: Path, logs: Path, timeout: float) -> float:
+    """Start the same command twice, as two nodes, and wait for both; return the wall time."""
+    began = time.monotonic()
+    nodes = [start(words, logs / f"node{i}.log", env, cwd) for i in range(2)]
+    codes = wait(nodes, timeout)
+    for i, code in enumerate(codes):
+        assert code == 0, f"node {i} exited with {code}:\n{tail(logs / f'node{i}.log')}"
+    return time.monotonic() - began
+
+
+def audited_env(root: Path, audit: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` plus ``audit/sitecustomize.py``: each rank records what it writes under ``root`` into ``audit``."""
+    return {
+        **env,
+        "PYTHONPATH": f"{HERE / 'audit'}{os.pathsep}{env['PYTHONPATH']}",
+        "PLKIT_AUDIT_ROOT": str(root),
+        "PLKIT_AUDIT_OUT": str(audit),
+    }
+
+
 def write_yaml(path: Path, content: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(content, sort_keys=False))
     return path
 
 
-def tiny_overlay(path: Path, max_epochs: int, callbacks: list[dict[str, Any]]) -> Path:
+def tiny_overlay(path: Path, callbacks: list[dict[str, Any]], max_epochs: int = EPOCHS) -> Path:
     """A config that shrinks the mnist recipe to the tiny data: 4 steps of 32 images per rank and epoch."""
     return write_yaml(
         path,
@@ -218,6 +260,55 @@ def audit_records(out_dir: Path) -> dict[int, list[str]]:
         rank = int(path.name[4:].split("-", 1)[0])
         found.setdefault(rank, []).extend(json.loads(path.read_text()))
     return found
+
+
+def approx(value: float) -> Any:
+    return pytest.approx(value, rel=1e-6)
+
+
+def one_process_validation(ckpt: Path, data_dir: Path) -> dict[str, float]:
+    """Validate a checkpoint in this process, on one device: what the ranks' logged values must equal."""
+    model = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (metrics,) = trainer.validate(model, MNISTDataModule(data_dir, batch_size=32, val_size=64), verbose=False)
+    return metrics
+
+
+def check_validation(run: Path, data_dir: Path, label: str, step_offset: int = 0) -> None:
+    """The validation metrics a run logged for the weights in its last.ckpt equal one process validating them.
+
+    ``step_offset``: how many steps late the run's logger writes (see :func:`check_reduced`).
+    """
+    ckpt = run / "checkpoints" / "last.ckpt"
+    # The validation that ran on these weights was logged at the last step before the checkpoint.
+    step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] - 1 + step_offset
+    logged = scalars(run)
+    single = one_process_validation(ckpt, data_dir)
+    for key in ("val/loss", "val/acc"):
+        difference = abs(logged[key][step] - single[key])
+        print(f"{label} {key}: logged {logged[key][step]:.8f}, one process {single[key]:.8f}, diff {difference:.2e}")
+        assert difference < 1e-6, key
+
+
+def check_reduced(run: Path, steps: list[list[dict[str, Any]]], step_offset: int = 0) -> None:
+    """Rank zero logged the all-rank values; ``steps[r]`` are rank ``r``'s :class:`rank_probe.RankProbe` steps.
+
+    ``step_offset``: the logger writes optimizer step ``s`` at step ``s + step_offset``.
+    """
+    logged = scalars(run)
+    for zero, one in zip(*steps, strict=True):
+        # Each rank's loss is its own batch's; the gradient norm is the all-reduced gradient's, the same on both.
+        assert zero["step"] == one["step"]
+        assert zero["train/loss"] != one["train/loss"]
+        assert zero["grad_norm/total"] == approx(one["grad_norm/total"])
+        assert logged["grad_norm/total"][zero["step"] + step_offset] == approx(zero["grad_norm/total"])
+        assert logged["train/loss"][zero["step"] + step_offset] == approx(zero["train/loss"])
+    # train/loss_epoch: the mean over both ranks' batches of the epoch.
+    for epoch in range(EPOCHS):
+        losses = [s["train/loss"] for rank in steps for s in rank if s["epoch"] == epoch]
+        if len(losses) == 2 * STEPS_PER_EPOCH:
+            end = (epoch + 1) * STEPS_PER_EPOCH - 1 + step_offset
+            assert logged["train/loss_epoch"][end] == approx(sum(losses) / len(losses))
 
 
 def tail(path: Path, n: int = 4000) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -22,82 +21,24 @@ from plkit.data import MNISTDataModule
 from plkit.models import ImageClassifier
 
 from dist_helpers import (
-    HERE,
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    TwoNodes,
     alive,
     as_run,
     audit_records,
+    check_reduced,
+    check_validation,
     engine_env,
     free_port,
     probe_records,
     readme_command,
-    scalars,
     start,
-    tail,
     tiny_overlay,
     wait,
 )
 
 pytestmark = pytest.mark.distributed
-
-EPOCHS = 2
-STEPS_PER_EPOCH = 4  # 256 training images, 2 ranks, batches of 32
-
-
-@dataclass
-class TwoNodes:
-    work: Path  # the folder both nodes run in
-    run: Path
-    status: Path
-    probe: Path
-    audit: Path
-    fit_s: float
-    predict_s: float
-
-
-def run_on_two_nodes(words: list[str], env: dict[str, str], cwd: Path, logs: Path, timeout: float) -> float:
-    """Start the same command twice, as two nodes, and wait for both; return the wall time."""
-    began = time.monotonic()
-    nodes = [start(words, logs / f"node{i}.log", env, cwd) for i in range(2)]
-    codes = wait(nodes, timeout)
-    for i, code in enumerate(codes):
-        assert code == 0, f"node {i} exited with {code}:\n{tail(logs / f'node{i}.log')}"
-    return time.monotonic() - began
-
-
-@pytest.fixture(scope="module")
-def two_nodes(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> TwoNodes:
-    root = tmp_path_factory.mktemp("torchrun")
-    work, status, probe, audit = root / "work", root / "status", root / "probe", root / "audit"
-    for folder in (work, root / "fit_logs", root / "predict_logs"):
-        folder.mkdir()
-    overlay = tiny_overlay(
-        root / "tiny.yaml",
-        EPOCHS,
-        [
-            {"class_path": "GradNormLogger"},
-            {"class_path": "ProgressNotifier", "init_args": {"status_file": str(status / "status.json")}},
-            {"class_path": "rank_probe.RankProbe", "init_args": {"out_dir": str(probe)}},
-        ],
-    )
-    env = engine_env(
-        PYTHONPATH=f"{HERE / 'audit'}:{engine_env()['PYTHONPATH']}",
-        PLKIT_AUDIT_ROOT=str(root),
-        PLKIT_AUDIT_OUT=str(audit),
-    )
-    fit = [*as_run(readme_command("torchrun", " fit "), mnist_dir, free_port()), "--config", str(overlay)]
-    fit_s = run_on_two_nodes(fit, env, work, root / "fit_logs", timeout=240)
-    predict = as_run(readme_command("torchrun", " predict "), mnist_dir, free_port())
-    predict_s = run_on_two_nodes(predict, env, work, root / "predict_logs", timeout=180)
-    print(f"two-node fit {fit_s:.1f} s, predict {predict_s:.1f} s")
-    return TwoNodes(work, work / "runs" / "mnist" / "version_0", status, probe, audit, fit_s, predict_s)
-
-
-def one_process_trainer() -> pl.Trainer:
-    return pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-
-
-def data(mnist_dir: Path) -> MNISTDataModule:
-    return MNISTDataModule(data_dir=mnist_dir, batch_size=32, val_size=64)
 
 
 def test_one_run_folder_with_its_files_written_by_rank_zero(two_nodes: TwoNodes) -> None:
@@ -108,6 +49,8 @@ def test_one_run_folder_with_its_files_written_by_rank_zero(two_nodes: TwoNodes)
     probes = probe_records(two_nodes.probe)
     assert sorted(probes) == [(0, 0), (1, 0)]
     assert {(p["world_size"], p["environment"]) for p in probes.values()} == {(2, "TorchElasticEnvironment")}
+    # Rank zero picked the version and broadcast it: every rank's trainer names the same folder.
+    assert {p["trainer_log_dir"] for p in probes.values()} == {"runs/mnist/version_0"}
 
     touched = audit_records(two_nodes.audit)
     assert sorted(touched) == [0, 1]
@@ -133,33 +76,14 @@ def test_status_file_tells_the_run_finished(two_nodes: TwoNodes) -> None:
 
 
 def test_validation_equals_one_process_on_the_same_checkpoint(two_nodes: TwoNodes, mnist_dir: Path) -> None:
-    ckpt = two_nodes.run / "checkpoints" / "last.ckpt"
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    logged = scalars(two_nodes.run)
-    # The validation that ran on these weights: logged at the last step before the checkpoint.
-    step = checkpoint["global_step"] - 1
-    model = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-    (single,) = one_process_trainer().validate(model, datamodule=data(mnist_dir), verbose=False)
-    for key in ("val/loss", "val/acc"):
-        difference = abs(logged[key][step] - single[key])
-        print(f"{key}: two nodes {logged[key][step]:.8f}, one process {single[key]:.8f}, difference {difference:.2e}")
-        assert difference < 1e-6, key
+    check_validation(two_nodes.run, mnist_dir, "two nodes")
 
 
 def test_logged_training_values_are_the_reduced_ones(two_nodes: TwoNodes) -> None:
     probes = probe_records(two_nodes.probe)
     steps = [probes[(rank, 0)]["steps"] for rank in (0, 1)]
     assert [s["step"] for s in steps[0]] == [s["step"] for s in steps[1]] == list(range(EPOCHS * STEPS_PER_EPOCH))
-    logged = scalars(two_nodes.run)
-    for zero, one in zip(*steps, strict=True):
-        # Each rank's loss is its own batch's; the gradient norm is the all-reduced gradient's, the same on both.
-        assert zero["train/loss"] != one["train/loss"]
-        assert zero["grad_norm/total"] == pytest.approx(one["grad_norm/total"], rel=1e-6)
-        assert logged["grad_norm/total"][zero["step"]] == pytest.approx(zero["grad_norm/total"], rel=1e-6)
-        assert logged["train/loss"][zero["step"]] == pytest.approx(zero["train/loss"], rel=1e-6)
-    last_epoch = [s["train/loss"] for rank in steps for s in rank if s["epoch"] == EPOCHS - 1]
-    epoch_end = EPOCHS * STEPS_PER_EPOCH - 1
-    assert logged["train/loss_epoch"][epoch_end] == pytest.approx(float(np.mean(last_epoch)), rel=1e-6)
+    check_reduced(two_nodes.run, steps)
 
 
 def test_predict_writes_every_sample_once_in_order_equal_to_one_process(two_nodes: TwoNodes, mnist_dir: Path) -> None:
@@ -169,7 +93,8 @@ def test_predict_writes_every_sample_once_in_order_equal_to_one_process(two_node
     assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "ids.npy", "manifest.json"]
     np.testing.assert_array_equal(np.load(out / "ids.npy"), np.arange(64))
     model = ImageClassifier.load_from_checkpoint(two_nodes.run / "checkpoints" / "last.ckpt", map_location="cpu")
-    single = torch.cat(one_process_trainer().predict(model, datamodule=data(mnist_dir))).numpy()
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    single = torch.cat(trainer.predict(model, MNISTDataModule(mnist_dir, batch_size=32, val_size=64))).numpy()
     rows = np.load(out / "embeddings.npy")
     print(f"predict: {len(rows)} rows, max abs difference to one process {np.abs(rows - single).max():.2e}")
     np.testing.assert_allclose(rows, single, rtol=0, atol=1e-6)
@@ -181,7 +106,6 @@ def test_a_dead_rank_ends_both_nodes(tmp_path: Path, mnist_dir: Path) -> None:
     status = tmp_path / "status.json"
     overlay = tiny_overlay(
         tmp_path / "tiny.yaml",
-        3,
         [
             {"class_path": "ProgressNotifier", "init_args": {"status_file": str(status)}},
             {"class_path": "rank_probe.RankProbe", "init_args": {"out_dir": str(probe), "kill_rank": 1}},
@@ -197,7 +121,7 @@ def test_a_dead_rank_ends_both_nodes(tmp_path: Path, mnist_dir: Path) -> None:
     # The dead rank's node names it and its signal; the survivor names the connection it lost (gloo's words).
     everything = "\n".join(logs.values())
     assert re.search(r"rank\s*: 1 \(local_rank: 0\)\n\s*exitcode\s*: -9 .*\(SIGKILL\)", everything), everything[-3000:]
-    lost = re.compile(r"\[127\.0\.0\.1\]:\d+: Connection (closed|reset) by peer")
+    lost = re.compile(r"Connection (closed|reset) by peer")
     assert lost.search(everything)
     records = probe_records(probe)
     assert sorted(records) == [(0, 0), (1, 0)]
@@ -205,18 +129,19 @@ def test_a_dead_rank_ends_both_nodes(tmp_path: Path, mnist_dir: Path) -> None:
     state = json.loads(status.read_text())
     assert (state["state"], state["step"]) == ("failed", 1)
     assert lost.search(state["error"])
+    assert "[127.0.0.1]:" in state["error"]
     assert not list(work.glob("runs/*/*/checkpoints/*.ckpt"))
 
 
 def test_a_node_that_never_joins_fails_after_the_join_timeout(tmp_path: Path, mnist_dir: Path) -> None:
     fit = as_run(readme_command("torchrun", " fit "), mnist_dir, free_port())
-    fit[1:1] = ["--rdzv_conf", "join_timeout=10"]
+    fit[1:1] = ["--rdzv_conf", "join_timeout=5"]
     began = time.monotonic()
     (code,) = wait([start(fit, tmp_path / "node0.log", engine_env(), tmp_path)], timeout=90)
     took = time.monotonic() - began
     print(f"no rendezvous: failed after {took:.1f} s")
     assert code != 0
-    assert 10 <= took < 60
+    assert 5 <= took < 60
     # torch's own words, and its only ones: the README says what they mean.
     assert (tmp_path / "node0.log").read_text().rstrip().endswith("RendezvousTimeoutError")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node0.log"]

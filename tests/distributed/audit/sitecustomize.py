@@ -29,16 +29,21 @@ def _audit(event: str, args: tuple) -> None:
         writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
             isinstance(flags, int) and bool(flags & _WRITE_FLAGS)
         )
-        paths = [path] if writes else []
-    elif event == "os.rename":
-        paths = [args[1]]
-    elif event in ("os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate"):
-        paths = [args[0]]
+        paths = [(path, None)] if writes else []
+    elif event == "os.rename":  # (src, dst, src_dir_fd, dst_dir_fd)
+        paths = [(args[1], args[3])]
+    elif event in ("os.remove", "os.rmdir", "os.mkdir"):  # (path, [mode,] dir_fd)
+        paths = [(args[0], args[-1])]
+    elif event in ("shutil.rmtree", "os.truncate"):
+        paths = [(args[0], None)]
     else:
         return
-    for path in paths:
+    for path, dir_fd in paths:
         if isinstance(path, (str, bytes, os.PathLike)):
-            text = os.path.abspath(os.fsdecode(path))
+            text = os.fsdecode(path)
+            # shutil.rmtree removes by names relative to an open folder: resolve them against it.
+            base = os.readlink(f"/proc/self/fd/{dir_fd}") if isinstance(dir_fd, int) and dir_fd >= 0 else None
+            text = os.path.abspath(os.path.join(base, text) if base else text)
             if text.startswith(_ROOT):
                 _touched.append(f"{event} {text}")
 
