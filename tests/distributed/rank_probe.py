@@ -25,6 +25,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from plkit.callbacks import ProgressNotifier
 
@@ -74,15 +75,16 @@ class RankProbe(Callback):
         state = json.loads(notifier.status_file.read_text())["state"]
         self.record["status"].append({"when": when, "state": state})
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.record["resumed_at_step"] = trainer.global_step
         self.record["resumed_at_epoch"] = trainer.current_epoch
-        # What this rank's own logger says, against the folder rank zero chose and broadcast (trainer.log_dir).
-        self.record["logger_log_dir"] = trainer.logger.log_dir if trainer.logger is not None else None
+        # The run folder as this rank knows it: rank zero picks the version and broadcasts it (trainer.log_dir).
         self.record["trainer_log_dir"] = trainer.log_dir
         self._status(trainer, "train_start")
         self._save(trainer)
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -96,6 +98,7 @@ class RankProbe(Callback):
         if trainer.global_rank == self.kill_rank and trainer.global_step >= self.kill_after_step:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -106,10 +109,12 @@ class RankProbe(Callback):
         if self.start == 0 and batch_idx == 0 and trainer.current_epoch == self.hold_after_epoch:
             self._hold(trainer)
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._status(trainer, f"epoch_end_{trainer.current_epoch + 1}")
         self._save(trainer)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The weights the run ended with, whatever checkpoints it kept: a resumed run must end with the same.
         if trainer.is_global_zero:
