@@ -4,6 +4,8 @@ Sections (``--only`` picks some): ``training`` (epoch wall time, four contenders
 ``export`` (EmbeddingWriter), ``gradnorm`` (GradNormLogger), ``startup`` (the ``plkit`` command) and ``gpu``
 (bf16-mixed images/s; skipped without CUDA). ``--quick`` is the smoke-test size; ``--json`` and ``--markdown``
 write the results and the tables (the README's performance section is the Markdown of a full run).
+
+``latency`` (inference in each ``plkit export`` format) is the last section.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("training", "export", "gradnorm", "startup", "gpu")
+SECTIONS = ("training", "export", "gradnorm", "startup", "gpu", "latency")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +86,7 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def _runners(args: argparse.Namespace) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[..., list]]]:
     """Each section's ``run`` and ``tables``, imported only when the section runs."""
-    from benchmarks import callbacks, gpu, startup, training
+    from benchmarks import callbacks, export_latency, gpu, startup, training
 
     return {
         "training": (lambda: training.run(args.quick, args.repeats, args.data, args.threads), training.tables),
@@ -92,6 +94,7 @@ def _runners(args: argparse.Namespace) -> dict[str, tuple[Callable[[], dict[str,
         "gradnorm": (lambda: callbacks.run_grad_norm(args.quick), callbacks.grad_norm_tables),
         "startup": (lambda: startup.run(args.quick, args.repeats), startup.tables),
         "gpu": (lambda: gpu.run(args.quick, args.data), gpu.tables),
+        "latency": (lambda: export_latency.run(args.quick), export_latency.tables),
     }
 
 

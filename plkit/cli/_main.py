@@ -26,6 +26,7 @@ ROUTES = {
     "check": ("plkit.cli.check", "run_check"),
     "recipes": ("plkit.cli.recipes_command", "run_recipes_command"),
     "report": ("plkit.cli.report", "run_report_command"),
+    "export": ("plkit.cli.export", "run_export_command"),
 }
 
 USAGE = f"""\
@@ -43,6 +44,7 @@ plkit's own:
   check       build a config on the CPU and run one training and one validation batch
   recipes     list | show NAME | copy NAME [DEST] [--force]: the recipes that ship with plkit
   report      RUN_DIR: plot a finished run's curves to report.png and summarise it
+  export      --ckpt_path CKPT --format onnx|torchscript|exported_program: a verified model file in RUN/export
 
 --config takes a path or a recipe name (`plkit recipes list`); several --config merge in order, and
 dotted flags such as --trainer.max_epochs 3 or --model.init_args.optimizer.init_args.lr 0.01 override them.

@@ -34,6 +34,8 @@ __all__ = [
     "place_run",
     "read_checkpoint",
     "refuse_other_model",
+    "run_config",
+    "run_of_checkpoint",
     "snake_case",
     "tensorboard_logger",
 ]
@@ -212,7 +214,21 @@ def _same_class(class_path: str, cls: type) -> bool:
         return False
 
 
-def config_for_checkpoint(ckpt: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
+def run_of_checkpoint(ckpt: str | Path) -> RunLocation | None:
+    """The run a checkpoint was written by, or ``None`` if it does not lie in a run's ``checkpoints/``."""
+    return RunLocation.of_checkpoint(ckpt)
+
+
+def config_for_checkpoint(ckpt: str | Path, verb: str = "test") -> str:
+    """The YAML text of :func:`run_config` for ``plkit VERB --ckpt_path CKPT`` (``plkit export`` reads it).
+
+    Raises:
+        UsageError: an unreadable checkpoint, or one that does not say which model to build.
+    """
+    return yaml.safe_dump(run_config(ckpt, read_checkpoint(ckpt)), sort_keys=False)
+
+
+def run_config(ckpt: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The config for ``plkit VERB --ckpt_path CKPT`` given without ``--config``.
 
     The run's saved ``config.yaml`` is preferred: it also restores the trainer settings and callbacks (a

@@ -60,11 +60,11 @@ from plkit.cli._parser import PlkitArgumentParser, RecipeConfigFile
 from plkit.cli._precision import bf16_fallback
 from plkit.cli._run_dir import (
     FIT_CONFIG,
-    config_for_checkpoint,
     discard_failed_run,
     place_run,
     read_checkpoint,
     refuse_other_model,
+    run_config,
     snake_case,
     tensorboard_logger,
 )
@@ -80,6 +80,8 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.auto_insert_metric_name": False,
 }
 RUNS = "runs"
+# plkit's default logger's save_dir until the run's default_root_dir is known (--print_config shows it so).
+RUNS_UNDER_ROOT = "{default_root_dir}/runs"
 # ``ckpt_path`` values Lightning itself gives a meaning; anything else must be a file.
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
@@ -223,7 +225,7 @@ class PlkitCLI(LightningCLI):
         if self.run_folder and "logger" in inspect.signature(self.trainer_class).parameters:
             # plkit's run folder as the logger's default, so `--trainer.logger.version NAME` (a requeued job's
             # own folder) needs nothing more; the run's name and default_root_dir are filled in after parsing.
-            parser.set_defaults({"trainer.logger": tensorboard_logger(RUNS, None)})
+            parser.set_defaults({"trainer.logger": tensorboard_logger(RUNS_UNDER_ROOT, None)})
         parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         model_class = self.model_class or LightningModule
         subclass_mode = self.model_class is None or self.subclass_mode_model
@@ -258,7 +260,7 @@ class PlkitCLI(LightningCLI):
             raise UsageError(f"{verb} needs a model: {source}--config RECIPE (`plkit recipes list`) or --model CLASS")
         if str(ckpt) in LIGHTNING_CKPT_NAMES:
             raise UsageError(f"--ckpt_path {ckpt} needs --config RECIPE to know whose runs to look in")
-        base = parser.parse_object({verb: config_for_checkpoint(ckpt, read_checkpoint(ckpt))})
+        base = parser.parse_object({verb: run_config(ckpt, read_checkpoint(ckpt))})
         if isinstance(args, (dict, Namespace)):
             self.config = parser.parse_object(args, base)
         else:
@@ -277,13 +279,10 @@ class PlkitCLI(LightningCLI):
             if logger in (None, True):
                 logger = update["logger"] = tensorboard_logger(root, self._run_name(config))
             elif isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
-                # plkit's default logger, or another that kept its save_dir "runs" and left its name unset
                 logger = logger.as_dict()
                 args = logger["init_args"]
-                filled = {"save_dir": str(root)} if args.get("save_dir") == RUNS else {}
-                if "name" in args and args["name"] is None:
-                    filled["name"] = self._run_name(config)
-                if filled:
+                if args.get("save_dir") == RUNS_UNDER_ROOT:  # plkit's default (its version may be set)
+                    filled = {"save_dir": str(root), "name": args.get("name") or self._run_name(config)}
                     logger = update["logger"] = {**logger, "init_args": {**args, **filled}}
             if verb is not None:
                 ckpt = config.get("ckpt_path")
