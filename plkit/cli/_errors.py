@@ -189,6 +189,14 @@ def _union_error(key: str, message: str) -> str:
         hint = did_you_mean(value, choices)
         return f"{key}: {value!r} is not one of the accepted values{hint or ': ' + ', '.join(choices)}"
     types = [t for t in _EXPECTED.findall(message) if t != "NoneType"]
+    errors = message.split("Errors:", 1)[-1]
+    other = [
+        " ".join(e.split())
+        for e in re.findall(r"\n\s*- (.+?)(?=\n\s*- |\n\s*Given value|\Z)", errors, re.S)
+        if not e.startswith("Expected a ")
+    ]
+    if not types and other:  # "Multiple subclasses with name X. Give the full class path ...", say
+        return f"{key}: {other[0]}"
     expected = " or ".join(types) if types else "another type"
     nullable = " (or null)" if "NoneType" in message else ""
     return f"{key}: {value!r} is not a valid {expected}{nullable}"

@@ -301,7 +301,7 @@ class PlkitCLI(LightningCLI):
             if fallback is not None:
                 rank_zero_warn(
                     f"trainer.precision {trainer.get('precision')}: this CPU has no native bf16, which would run "
-                    f"emulated and slow; using {fallback} instead (set trainer.precision yourself to choose)"
+                    f"emulated and slow; using {fallback} instead (PlkitCLI(bf16_fallback=False) keeps bf16)"
                 )
                 update["precision"] = fallback
         if update:
