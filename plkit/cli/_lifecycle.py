@@ -115,10 +115,10 @@ def count_rows(predictions: Any) -> int:
     return 1
 
 
-def save_predictions(predictions: Any, folder: Path) -> Path:
-    """Save ``trainer.predict``'s result as ``folder/predictions.pt`` (``torch.load`` reads it back), atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_atomically(folder / "predictions.pt", lambda tmp: torch.save(predictions, tmp))
+def save_predictions(predictions: Any, target: Path) -> Path:
+    """Save ``trainer.predict``'s result to ``target`` (``torch.load`` reads it back), atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(target, lambda tmp: torch.save(predictions, tmp))
 
 
 def writer_rows(folder: Path) -> int | None:

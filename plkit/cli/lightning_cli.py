@@ -381,8 +381,13 @@ class PlkitCLI(LightningCLI):
                 rows = writer_rows(folder)
                 self._say(f"plkit predict: {'' if rows is None else f'{rows:,} rows, '}written to {folder}")
         elif isinstance(predictions, list) and self.predictions and run_dir is not None:
-            path = save_predictions(predictions, run_dir / "predictions") if self.trainer.is_global_zero else None
-            self._say(f"plkit predict: {count_rows(predictions):,} rows, saved to {path} (torch.load reads it)")
+            # Under DDP each rank holds only its own samples: one file per rank, never one rank's as the whole.
+            ranks = self.trainer.world_size
+            name = "predictions.pt" if ranks == 1 else f"predictions_rank{self.trainer.global_rank}.pt"
+            path = save_predictions(predictions, run_dir / "predictions" / name)
+            where = path if ranks == 1 else path.with_name("predictions_rank*.pt")
+            rows = f"{count_rows(predictions):,} rows" + ("" if ranks == 1 else f" on rank 0 of {ranks}")
+            self._say(f"plkit predict: {rows}, saved to {where} (torch.load reads it)")
         return predictions
 
     def after_fit(self) -> None:
@@ -433,7 +438,8 @@ class PlkitCLI(LightningCLI):
     def _summarise(self, verb: str, result: Any) -> None:
         trainer = self.trainer
         if verb == "fit":
-            line = f"plkit fit: {trainer.current_epoch} epochs, {trainer.global_step} steps"
+            epochs, steps = trainer.current_epoch, trainer.global_step
+            line = f"plkit fit: {epochs} epoch{'s' * (epochs != 1)}, {steps} step{'s' * (steps != 1)}"
             callback = trainer.checkpoint_callback
             if isinstance(callback, ModelCheckpoint) and callback.best_model_score is not None:
                 line += f"; best {callback.monitor} {callback.best_model_score.item():.4g}: {callback.best_model_path}"

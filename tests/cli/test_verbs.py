@@ -39,8 +39,8 @@ def test_fit_makes_one_folder_per_run_names_it_and_summarises(
     assert {p.name for p in checkpoints.iterdir()} == {"best.ckpt", "last.ckpt"}
     lines = out.splitlines()
     assert f"plkit fit: run folder {run_dir}" in lines
-    (summary,) = [line for line in lines if line.startswith("plkit fit: 1 epochs")]
-    assert summary.startswith("plkit fit: 1 epochs, 3 steps; best val/acc ")
+    (summary,) = [line for line in lines if line.startswith("plkit fit: 1 epoch")]
+    assert summary.startswith("plkit fit: 1 epoch, 3 steps; best val/acc ")
     assert summary.endswith(f": {checkpoints / 'best.ckpt'}; last: {checkpoints / 'last.ckpt'}")
 
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
