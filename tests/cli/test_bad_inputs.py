@@ -106,10 +106,12 @@ ROWS = [
     Row("fit --config mnist --data.data_dir emptydir --data.download false", ("emptydir",), 1),
     Row("fit --config mnist --data.data_dir /nonexistent/mnist", ("/nonexistent/mnist",), 1),
     Row(f"{NPY} --data.features strings.npy", ("strings.npy",), 1),
-    Row(f"{NPY} --data.features flat.npy", ("flat.npy",), 1),
+    Row(f"{NPY} --data.features flat.npy", ("input_shape to [1]",), 1),  # advice the next run accepts
 ]
 # Rows whose messages come from plkit/data. The two .npy ones (a 78-line traceback for string features, advice
 # for 1-D features that the next run rejects) hold once the data modules' messages are fixed (datamodels branch).
+# Both pass with the datamodels branch's messages (checked on a tree of this branch plus its plkit/models and
+# plkit/data); drop the mark once it is merged.
 DATA_MESSAGES_PENDING = {f"{NPY} --data.features strings.npy", f"{NPY} --data.features flat.npy"}
 REAL_COMMAND_ROWS = 3
 
