@@ -16,6 +16,7 @@ config, checkpoints, TensorBoard logs and predictions. Because ``ModelCheckpoint
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "refuse_other_model",
     "run_config",
     "run_of_checkpoint",
+    "slurm_job",
     "snake_case",
     "tensorboard_logger",
 ]
@@ -82,6 +84,23 @@ def version_value(folder: str) -> int | str:
 
 def _folder(version: int | str) -> str:
     return f"version_{version}" if isinstance(version, int) else str(version)
+
+
+def slurm_job() -> str | None:
+    """The SLURM job this process is a task of (``1234``; ``1234_5`` for an array task), or ``None`` outside srun.
+
+    A job that SLURM requeues keeps its id, so the id names a run folder that survives the requeue.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    # Lightning's own test for "started by srun" (it leaves out interactive allocations); checking SLURM_NTASKS
+    # first spares its warning where srun is installed but this process was not started by it.
+    if "SLURM_NTASKS" not in os.environ or not SLURMEnvironment.detect():
+        return None
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def snake_case(name: str) -> str:

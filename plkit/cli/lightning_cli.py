@@ -16,6 +16,9 @@ on top, each switched off by a keyword-only argument (or by the config, as noted
   own ``ModelCheckpoint`` keeps its top-k files; ``--trainer.enable_checkpointing false`` turns all off);
 - ``lr_monitor``: a ``LearningRateMonitor`` whenever there is a logger (a recipe's own replaces it);
 - ``predictions``: ``predict`` with no prediction writer keeps its rows in ``RUN/predictions/``;
+- under srun, ``fit`` without ``--ckpt_path`` runs in ``runs/<recipe>/slurm_<job id>``, which is also
+  ``trainer.default_root_dir``: a job Lightning requeues before its time limit resumes there from its
+  ``hpc_ckpt_<n>.ckpt`` (part of ``run_folder``);
 - ``signals``: Ctrl+C stops at a batch boundary like SIGTERM, and the exit codes are 130 and 143;
 - ``bf16_fallback``: ``trainer.precision: bf16-*`` on a CPU without native bf16 runs ``32-true``, with a warning;
 - ``check_ckpt_path``: ``--ckpt_path`` must be a readable checkpoint of the configured model class.
@@ -65,6 +68,7 @@ from plkit.cli._run_dir import (
     read_checkpoint,
     refuse_other_model,
     run_config,
+    slurm_job,
     snake_case,
     tensorboard_logger,
 )
@@ -284,6 +288,8 @@ class PlkitCLI(LightningCLI):
                 if args.get("save_dir") == RUNS_UNDER_ROOT:  # plkit's default (its version may be set)
                     filled = {"save_dir": str(root), "name": args.get("name") or self._run_name(config)}
                     logger = update["logger"] = {**logger, "init_args": {**args, **filled}}
+            if verb in (None, "fit") and "logger" in update and config.get("ckpt_path") is None:
+                update.update(_slurm_run(update["logger"]))
             if verb is not None:
                 ckpt = config.get("ckpt_path")
                 continued, resolved = place_run(verb, logger if isinstance(logger, dict) else None, ckpt)
@@ -463,6 +469,23 @@ class PlkitCLI(LightningCLI):
     def _say(self, line: str) -> None:
         if self.trainer.is_global_zero:
             print(line, flush=True)
+
+
+def _slurm_run(logger: dict[str, Any]) -> dict[str, Any]:
+    """Under srun, name plkit's run after the SLURM job and make it ``trainer.default_root_dir``.
+
+    A job that Lightning requeues before its time limit (SLURMEnvironment's SIGUSR1 handler) runs the same command
+    again with the same job id: the run named after the job is found again with no directory listing to race on,
+    every task names it alike, and Lightning saves and looks for its requeue checkpoint (``hpc_ckpt_<n>.ckpt``) in
+    ``default_root_dir``, which is then this run's folder, not the working directory, where any later fit started
+    there would silently resume from it.
+    """
+    args = logger["init_args"]
+    job = slurm_job() if args.get("version") is None else None
+    if job is None:
+        return {}
+    args["version"] = f"slurm_{job}"
+    return {"default_root_dir": str(Path(args["save_dir"]) / args["name"] / args["version"])}
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -1,4 +1,5 @@
-"""plkit's defaults that need no run folder to check: bf16 on CPUs without it, checkpoints beside a recipe's own."""
+"""plkit's defaults that need no training to check: bf16 on CPUs without it, checkpoints beside a recipe's own,
+a run named after its SLURM job."""
 
 from __future__ import annotations
 
@@ -51,6 +52,32 @@ def test_a_checkpoint_path_is_checked_unless_switched_off(tmp_path: Path) -> Non
     with mock.patch("lightning.pytorch.Trainer.test", autospec=True) as test:
         PlkitCLI(BoringModel, args=["test", f"--ckpt_path={missing}", "--trainer.logger=false"], check_ckpt_path=False)
     assert test.call_args.kwargs["ckpt_path"] == missing  # left for Lightning to judge
+
+
+SRUN_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0"}
+SRUN_TASK |= {"SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+def test_a_fit_under_srun_runs_in_a_folder_named_after_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A requeued job runs the same command again with the same id: its run, and Lightning's requeue
+    checkpoint (saved into default_root_dir), must be found in that run's folder, not the working directory."""
+    for key, value in SRUN_TASK.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    with mock.patch("lightning.pytorch.Trainer.fit", autospec=True):
+        cli = PlkitCLI(BoringModel, args=["fit", "--trainer.enable_progress_bar=false"])
+    run_dir = (tmp_path / "runs" / "boring_model" / "slurm_4242").resolve()
+    assert Path(cli.trainer.log_dir).resolve() == run_dir
+    assert Path(cli.trainer.default_root_dir).resolve() == run_dir
+    # Resuming an earlier run with --ckpt_path is the user's choice: the usual rules, nothing named after the job.
+    with mock.patch("lightning.pytorch.Trainer.fit", autospec=True):
+        cli = PlkitCLI(BoringModel, args=["fit", "--ckpt_path=last", "--trainer.enable_progress_bar=false"])
+    assert Path(cli.trainer.log_dir).name == "version_0"
+    assert Path(cli.trainer.default_root_dir).resolve() == tmp_path.resolve()
+    # Outside srun: the usual numbered folder.
+    monkeypatch.delenv("SLURM_NTASKS")
+    cli = PlkitCLI(BoringModel, run=False, args=["--trainer.enable_progress_bar=false"])
+    assert Path(cli.trainer.log_dir).name == "version_0"
 
 
 @pytest.mark.integration  # a two-epoch fit
