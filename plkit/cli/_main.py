@@ -43,7 +43,7 @@ Lightning's verbs (LightningCLI; `plkit COMMAND --help` lists every option):
 plkit's own:
   check       build a config on the CPU and run one training and one validation batch
   recipes     list | show NAME | copy NAME [DEST] [--force]: the recipes that ship with plkit
-  report      RUN_DIR: plot a finished run's curves to report.png and summarise it
+  report      RUN [RUN ...] [--output FILE.png]: curves to RUN/report.png and a summary; several runs side by side
   export      --ckpt_path CKPT --format onnx|torchscript|exported_program: a verified model file in RUN/export
 
 --config takes a path or a recipe name (`plkit recipes list`); several --config merge in order, and
