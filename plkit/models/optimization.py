@@ -78,7 +78,7 @@ class InjectedOptimization(pl.LightningModule):
         scheduler: builds a learning-rate scheduler from the optimizer, or ``None`` for a constant rate.
         scheduler_interval: step the scheduler every ``"step"`` or every ``"epoch"``; ``None`` picks ``"step"``
             for a scheduler that takes ``total_steps`` (``WarmupCosineLR``, ``OneCycleLR``) and ``"epoch"``
-            otherwise.
+            otherwise (a schedule counted in steps without that argument, such as ``CyclicLR``, needs ``"step"``).
         scheduler_monitor: the metric a ``ReduceLROnPlateau`` scheduler watches.
         no_decay_bias_norm: exempt biases and normalisation weights from weight decay (a second parameter
             group with ``weight_decay=0``).
