@@ -26,7 +26,7 @@ def test_fit_validate_test_predict_on_tiny_mnist(
     make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule
 ) -> None:
     pl.seed_everything(0)
-    model = ImageClassifier(backbone="cnn", num_classes=10, in_channels=1, optimizer=AdamW)
+    model = ImageClassifier(backbone="cnn", width=8, num_classes=10, in_channels=1, optimizer=AdamW)
     trainer = make_trainer(max_epochs=2)
     trainer.fit(model, datamodule=mnist_dm)
     logged = trainer.callback_metrics
@@ -55,7 +55,7 @@ def test_val_acc_is_the_accuracy_over_the_whole_epoch(
     make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule
 ) -> None:
     pl.seed_everything(0)
-    model = ImageClassifier(optimizer=AdamW)
+    model = ImageClassifier(width=4, optimizer=AdamW)
     make_trainer(max_epochs=1, limit_val_batches=0).fit(model, datamodule=mnist_dm)
     (validated,) = make_trainer().validate(model, datamodule=mnist_dm, verbose=False)
     model.eval()
@@ -72,7 +72,7 @@ def test_tuple_batches_work_too(make_trainer: Callable[..., pl.Trainer]) -> None
     pl.seed_everything(0)
     images, labels = torch.randn(24, 1, 28, 28), torch.randint(0, 3, (24,))
     loader = DataLoader(TensorDataset(images, labels), batch_size=8)
-    model = ImageClassifier(num_classes=3, optimizer=AdamW)
+    model = ImageClassifier(width=4, num_classes=3, optimizer=AdamW)
     trainer = make_trainer(max_epochs=1)
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     assert "val/acc" in trainer.callback_metrics
@@ -104,7 +104,7 @@ def test_checkpoint_round_trip_needs_no_arguments(
     make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule, tmp_path: Path
 ) -> None:
     pl.seed_everything(0)
-    model = ImageClassifier(backbone="resnet", label_smoothing=0.1, dropout=0.2, optimizer=AdamW)
+    model = ImageClassifier(backbone="resnet", width=4, label_smoothing=0.1, dropout=0.2, optimizer=AdamW)
     trainer = make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, datamodule=mnist_dm)
     path = tmp_path / "model.ckpt"
@@ -199,7 +199,7 @@ def test_channels_last_gives_the_same_outputs() -> None:
 def test_fit_without_validation_data(make_trainer: Callable[..., pl.Trainer], mnist_dir: Path) -> None:
     dm = MNISTDataModule(data_dir=mnist_dir, batch_size=64, val_size=0, download=False)
     trainer = make_trainer(max_epochs=1, limit_train_batches=2)
-    trainer.fit(ImageClassifier(), datamodule=dm)
+    trainer.fit(ImageClassifier(width=4), datamodule=dm)
     assert "train/loss" in trainer.callback_metrics
     assert "val/acc" not in trainer.callback_metrics
 

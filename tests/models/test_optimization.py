@@ -92,6 +92,7 @@ def test_warmup_cosine_is_sized_from_the_trainer_and_stepped_per_step(
 ) -> None:
     pl.seed_everything(0)
     model = ImageClassifier(
+        width=4,
         optimizer=functools.partial(torch.optim.AdamW, lr=0.01),
         scheduler=functools.partial(WarmupCosineLR, warmup_steps=0.25, min_lr_ratio=0.1),
     )
@@ -109,6 +110,7 @@ def test_resume_continues_the_schedule_exactly(
     def run(max_epochs: int, ckpt_path: Path | None = None) -> tuple[RecordLR, pl.Trainer]:
         pl.seed_everything(0)
         model = ImageClassifier(
+            width=4,
             optimizer=functools.partial(torch.optim.SGD, lr=0.1),
             scheduler=functools.partial(WarmupCosineLR, warmup_steps=2, total_steps=12),
         )
