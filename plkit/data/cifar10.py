@@ -102,6 +102,9 @@ class CIFAR10DataModule(ImageDataModule):
     mean: ClassVar[tuple[float, ...]] = (0.4914, 0.4822, 0.4465)
     std: ClassVar[tuple[float, ...]] = (0.2470, 0.2435, 0.2616)
     image_shape: ClassVar[tuple[int, int, int]] = (3, 32, 32)
+    class_names: ClassVar[tuple[str, ...] | None] = (
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+    )  # fmt: skip
     augment_shift: ClassVar[int] = 4
     augment_hflip: ClassVar[bool] = True
 

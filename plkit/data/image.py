@@ -191,6 +191,8 @@ class ImageDataModule(BatchDataModule):
     #: ``(C, H, W)`` of one image.
     image_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
     num_classes: ClassVar[int] = 10
+    #: the name of each class index, where the dataset defines them (``plkit export`` records them).
+    class_names: ClassVar[tuple[str, ...] | None] = None
     #: augmentation: random shift of up to this many pixels, and left-right flip.
     augment_shift: ClassVar[int] = 2
     augment_hflip: ClassVar[bool] = False

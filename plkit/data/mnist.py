@@ -176,6 +176,7 @@ class MNISTDataModule(_IDXDataModule):
     torchvision_name: ClassVar[str] = "MNIST"
     mean: ClassVar[tuple[float, ...]] = (0.1307,)
     std: ClassVar[tuple[float, ...]] = (0.3081,)
+    class_names: ClassVar[tuple[str, ...] | None] = tuple("0123456789")
 
 
 class FashionMNISTDataModule(_IDXDataModule):
@@ -191,6 +192,9 @@ class FashionMNISTDataModule(_IDXDataModule):
     torchvision_name: ClassVar[str] = "FashionMNIST"
     mean: ClassVar[tuple[float, ...]] = (0.2860,)
     std: ClassVar[tuple[float, ...]] = (0.3530,)
+    class_names: ClassVar[tuple[str, ...] | None] = (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
+    )  # fmt: skip
 
     @override
     def staging_hint(self) -> str:
@@ -210,3 +214,5 @@ class KMNISTDataModule(_IDXDataModule):
     torchvision_name: ClassVar[str] = "KMNIST"
     mean: ClassVar[tuple[float, ...]] = (0.1918,)
     std: ClassVar[tuple[float, ...]] = (0.3483,)
+    # The Kuzushiji (cursive Japanese) characters' romanised names, in label order.
+    class_names: ClassVar[tuple[str, ...] | None] = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,11 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from plkit.callbacks import EmbeddingWriter
 from plkit.data import MNISTDataModule
 from plkit.models import AutoEncoder, ImageClassifier
-
-WRITES_LABELS = "label_key" in inspect.signature(EmbeddingWriter).parameters
 
 
 def forward(module: pl.LightningModule, dm: MNISTDataModule, split: str) -> tuple[dict, torch.Tensor]:
@@ -26,7 +22,6 @@ def forward(module: pl.LightningModule, dm: MNISTDataModule, split: str) -> tupl
         return batch, module(batch["input"])
 
 
-@pytest.mark.skipif(not WRITES_LABELS, reason="needs EmbeddingWriter(label_key=...), added on the callbacks branch")
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_classifier_writes_probabilities_labels_and_ids(
     split: str, make_trainer: Callable[..., pl.Trainer], mnist_dir: Path, tmp_path: Path
