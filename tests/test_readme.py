@@ -20,6 +20,7 @@ import yaml
 from plkit.cli import main
 
 from fakedata import make_mnist
+from tensorboard_server import projector_info, projector_runs, tensorboard
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -74,7 +75,7 @@ def tiny_overlay(tmp_path: Path) -> Path:
 def shrink(words: list[str], data_dir: Path, overlay: Path) -> list[str]:
     """Point a README command at the tiny data, and add the tiny overlay where the command names a config."""
     words = [str(data_dir) if w in REAL_DATA else w for w in words]
-    if "--config" in words:
+    if "--config" in words and words[0] != "export":  # export reads its run's config; --config only names the run
         words += ["--config", str(overlay)]
     return words
 
@@ -118,6 +119,14 @@ def test_every_readme_command_runs(
                 [sys.executable, "-m", "torch.distributed.run", *args], capture_output=True, text=True, timeout=300
             )
             assert proc.returncode == 0, proc.stderr[-3000:]
+        elif words[:2] == ["tensorboard", "--logdir"]:
+            # A real TensorBoard on loopback: its projector lists the run that `plkit predict` wrote embeddings to.
+            with tensorboard(work / words[2], tmp_path / "tensorboard.log") as url:
+                (run,) = projector_runs(url)
+                (embedding,) = projector_info(url, run)["embeddings"]
+            assert run == "fashion_mnist/version_1"
+            assert embedding["tensorName"] == "embeddings"
+            assert embedding["tensorShape"][0] == 32, "every test image of the tiny data"
         elif words[0] == ".venv/bin/ruff":
             for part in command.split(" && "):
                 ruff = [sys.executable, "-m", "ruff", *shlex.split(part, comments=True)[1:]]

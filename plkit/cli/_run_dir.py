@@ -34,6 +34,7 @@ __all__ = [
     "discard_failed_run",
     "place_run",
     "read_checkpoint",
+    "recipe_checkpoint",
     "refuse_other_model",
     "run_config",
     "run_of_checkpoint",
@@ -167,6 +168,24 @@ def place_run(
     # Continue the checkpoint's own run folder. Keep save_dir as the config wrote it: ModelCheckpoint compares
     # its folder as a string when it restores its state.
     return tensorboard_logger(save_dir, name, version_value(location.version)), ckpt_path
+
+
+def recipe_checkpoint(config: str, which: str, runs: str | Path = "runs") -> Path:
+    """``best`` or ``last``.ckpt of the newest run of the recipe or config file ``config`` under ``runs``.
+
+    The run is named after the config as ``plkit fit`` names it: ``fashion_mnist`` or ``my.yaml`` -> ``my``.
+
+    Raises:
+        UsageError: no run of that name has the file.
+    """
+    root = Path(runs) / Path(config).stem
+    found = _newest(root, f"{which}.ckpt")
+    if found is None:
+        raise UsageError(
+            f"--ckpt_path {which}: no run under {root} has a {which}.ckpt; train first (plkit fit --config {config}) "
+            "or give the checkpoint's path"
+        )
+    return found
 
 
 def _newest(root: Path, filename: str) -> Path | None:

@@ -55,6 +55,7 @@ from plkit.cli._export_source import (
     verification_inputs,
 )
 from plkit.cli._files import write_atomically
+from plkit.cli._run_dir import recipe_checkpoint
 from plkit.models import ImageClassifier
 
 __all__ = ["ExportReport", "export_checkpoint", "run_export_command"]
@@ -281,6 +282,11 @@ def run_export_command(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--ckpt_path", required=True, metavar="CKPT", help="e.g. runs/mnist/version_0/checkpoints/best.ckpt"
     )
+    parser.add_argument(
+        "--config",
+        metavar="RECIPE",
+        help="with --ckpt_path best or last: that checkpoint of the newest run of this recipe (or config file)",
+    )
     parser.add_argument("--format", required=True, help=f"{' | '.join(FORMATS)} (onnx needs plkit[export])")
     parser.add_argument(
         "--part", metavar="{encoder,full}", help="AutoEncoder only: its encoder (the default) or all of it"
@@ -292,8 +298,15 @@ def run_export_command(argv: Sequence[str]) -> None:
     tolerance_help = f"largest allowed |file - eager|, times the largest |output| above 1 (default {DEFAULT_TOLERANCE})"
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="T", help=tolerance_help)
     args = parser.parse_args(list(argv))
+    ckpt_path = args.ckpt_path
+    if ckpt_path in ("best", "last"):
+        if args.config is None:
+            raise UsageError(f"--ckpt_path {ckpt_path} needs --config RECIPE to know whose runs to look in")
+        ckpt_path = recipe_checkpoint(args.config, ckpt_path)
+    elif args.config is not None:
+        raise UsageError(f"--config {args.config} only picks a run for --ckpt_path best or last: drop it")
     report = export_checkpoint(
-        args.ckpt_path, args.format, args.part, args.raw_images, args.output_dir, args.force, args.tolerance
+        ckpt_path, args.format, args.part, args.raw_images, args.output_dir, args.force, args.tolerance
     )
     for line in report.lines():
         print(line)

@@ -141,11 +141,12 @@ class AutoEncoder(InjectedOptimization):
     def prediction_writer(self, output_dir: str | Path, id_key: str | None = ID) -> EmbeddingWriter:
         """The writer that stores what :meth:`predict_step` returns: ``embeddings.npy`` and the ids, in dataset order.
 
-        A previous result in ``output_dir`` is replaced.
+        The embeddings are also shown in TensorBoard's projector, from the run's log folder. A previous result in
+        ``output_dir`` is replaced.
 
         Args:
             output_dir: the folder to write to.
             id_key: the batch key of the sample ids (plkit's data modules always give ``"id"``); ``None`` for
                 batches without ids, whose rows are then named by their dataset index.
         """
-        return EmbeddingWriter(output_dir, id_key=id_key, prediction_key="embeddings", overwrite=True)
+        return EmbeddingWriter(output_dir, id_key=id_key, prediction_key="embeddings", projector=True, overwrite=True)

@@ -29,8 +29,9 @@ class ImageClassifier(InjectedOptimization):
     Logs ``train/loss`` every step (this rank's batch) and ``train/loss_epoch``, ``val/loss`` and
     ``val/acc`` every validation epoch, ``test/loss`` and ``test/acc``: epoch values over all ranks.
     ``forward`` returns the logits. ``predict_step`` returns ``{"probabilities": [B, C], "label": [B]}`` (the
-    argmax), or ``{"embeddings": [B, F]}`` (the backbone's features) with ``return_embeddings=True``, plus the
-    batch's ``"id"`` when it has one; :meth:`prediction_writer` is the writer for it. Batches are dicts
+    argmax), or ``{"embeddings": [B, F], "label": [B]}`` (the backbone's features) with
+    ``return_embeddings=True``, plus the batch's ``"id"`` when it has one; :meth:`prediction_writer` is the
+    writer for it. Batches are dicts
     (``"input"``, ``"target"``, ``"id"``) as ``plkit.data`` yields them, or ``(images, labels)`` tuples.
 
     Args:
@@ -56,7 +57,8 @@ class ImageClassifier(InjectedOptimization):
             parameter group with ``weight_decay=0``; override ``parameter_groups`` for other groupings).
         label_smoothing: label smoothing of the training loss (validation and test losses use none).
         dropout: dropout before the head.
-        return_embeddings: ``predict_step`` returns the backbone's features instead of probabilities.
+        return_embeddings: ``predict_step`` returns the backbone's features instead of probabilities. Like
+            ``compile``, a choice of how to run, not saved in checkpoints.
         channels_last: keep the backbone's convolution weights in the channels-last memory layout, so
             convolutions run channels-last (the same numbers, often faster on CPUs and recent GPUs; pair it
             with the data module's ``channels_last`` so the batches arrive in that layout too).
@@ -104,7 +106,11 @@ class ImageClassifier(InjectedOptimization):
             raise ValueError(f"label_smoothing={label_smoothing}: it must be in [0, 1), e.g. 0.1")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout}: it must be in [0, 1)")
-        self.save_hyperparameters(ignore=["backbone"] if isinstance(backbone, nn.Module) else None)
+        # How to run, not what was trained: kept out of checkpoints, so that `plkit predict --ckpt_path ...
+        # --model.init_args.return_embeddings true` is not overruled by the value the checkpoint was trained with
+        # (LightningCLI applies a checkpoint's hyperparameters over the command line's).
+        runtime = ["return_embeddings", "compile"]
+        self.save_hyperparameters(ignore=[*runtime, "backbone"] if isinstance(backbone, nn.Module) else runtime)
         if isinstance(backbone, str):
             self.backbone = build_backbone(backbone, in_channels, channels_last=channels_last, width=width)
         elif isinstance(backbone, nn.Module):
@@ -194,7 +200,9 @@ class ImageClassifier(InjectedOptimization):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         images, _, ids = unpack_batch(batch)
         if self.return_embeddings:
-            prediction: dict[str, Any] = {"embeddings": self.embed(images)}
+            features = self.embed(images)
+            # The predicted class labels the points in TensorBoard's projector.
+            prediction: dict[str, Any] = {"embeddings": features, "label": self.head(features).argmax(dim=-1)}
         else:
             probabilities = self(images).softmax(dim=-1)
             prediction = {"probabilities": probabilities, "label": probabilities.argmax(dim=-1)}
@@ -205,20 +213,21 @@ class ImageClassifier(InjectedOptimization):
     def prediction_writer(self, output_dir: str | Path, id_key: str | None = ID) -> EmbeddingWriter:
         """The writer that stores what :meth:`predict_step` returns, one row per sample in dataset order.
 
-        ``probabilities.npy`` and the predicted labels, or ``embeddings.npy`` with ``return_embeddings``, and
-        the ids; a previous result in ``output_dir`` is replaced.
+        ``probabilities.npy``, or ``embeddings.npy`` with ``return_embeddings`` (also shown in TensorBoard's
+        projector, from the run's log folder), with the predicted labels and the ids; a previous result in
+        ``output_dir`` is replaced.
 
         Args:
             output_dir: the folder to write to.
             id_key: the batch key of the sample ids (plkit's data modules always give ``"id"``); ``None`` for
                 batches without ids, whose rows are then named by their dataset index.
         """
-        if self.return_embeddings:
-            return EmbeddingWriter(output_dir, id_key=id_key, prediction_key="embeddings", overwrite=True)
+        key = "embeddings" if self.return_embeddings else "probabilities"
         return EmbeddingWriter(
             output_dir,
             id_key=id_key,
-            prediction_key="probabilities",
-            label_key="label",  # type: ignore[call-arg]
+            prediction_key=key,
+            label_key="label",
+            projector=self.return_embeddings,
             overwrite=True,
         )

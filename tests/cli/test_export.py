@@ -16,6 +16,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,14 @@ def test_bad_input_gets_one_line_and_leaves_nothing(
 
     err = one_line_error(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--format", "torchscript"], capsys)
     assert "missing.ckpt' is not a file" in err
+
+    monkeypatch.chdir(tmp_path)
+    err = one_line_error(["export", "--ckpt_path", "best", "--format", "onnx"], capsys)
+    assert "--ckpt_path best needs --config RECIPE" in err
+    err = one_line_error(["export", "--config", "mnist", "--ckpt_path", "last", "--format", "onnx"], capsys)
+    assert f"no run under {Path('runs') / 'mnist'} has a last.ckpt" in err
+    err = one_line_error(["export", "--config", "mnist", "--ckpt_path", ckpt, "--format", "onnx"], capsys)
+    assert "--config mnist only picks a run for --ckpt_path best or last" in err
 
     err = one_line_error(["export", "--ckpt_path", ckpt, "--format", "exported_program", "--part", "full"], capsys)
     assert "--part full applies to an AutoEncoder; ImageClassifier exports its forward" in err
@@ -332,6 +341,20 @@ def test_raw_images_classifier_takes_uint8_pixels_and_returns_probabilities(
     assert meta["input"]["dtype"] == "uint8"
     assert meta["output_is"] == "class probabilities (softmax)"
     assert meta["normalisation"]["applied"] == "inside the file (it takes uint8 pixels)"
+
+
+@pytest.mark.integration
+def test_a_recipes_newest_run_is_exported_by_name(
+    runs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    newer = shutil.copytree(runs / "mnist" / "version_0", runs / "mnist" / "version_1")
+    stamp = (runs / "mnist" / "version_0" / "checkpoints" / "best.ckpt").stat().st_mtime + 60
+    os.utime(newer / "checkpoints" / "best.ckpt", (stamp, stamp))  # trained after version_0
+    monkeypatch.chdir(runs.parent)
+    code, _, err = run(["export", "--config", "mnist", "--ckpt_path", "best", "--format", "exported_program"], capsys)
+    assert code == 0, err
+    assert (runs / "mnist" / "version_1" / "export" / "model.pt2").is_file()
+    assert not (runs / "mnist" / "version_0" / "export").exists()
 
 
 @pytest.mark.integration

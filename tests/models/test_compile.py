@@ -114,6 +114,9 @@ def test_inductor_compiles_the_network_to_the_same_logits() -> None:
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
 
-def test_compile_is_off_by_default_and_kept_in_the_hyperparameters() -> None:
-    assert ImageClassifier().hparams["compile"] is False
-    assert ImageClassifier(compile=True).hparams["compile"] is True
+def test_compile_is_off_by_default_and_not_a_hyperparameter() -> None:
+    """How to run, not what was trained: a checkpoint does not decide it for the run that loads it."""
+    assert ImageClassifier().compile_network is False
+    assert ImageClassifier(compile=True).compile_network is True
+    assert "compile" not in ImageClassifier(compile=True).hparams
+    assert "return_embeddings" not in ImageClassifier(return_embeddings=True).hparams

@@ -94,10 +94,11 @@ def test_return_embeddings_predicts_the_backbone_features(make_trainer: Callable
     images = torch.randn(6, 1, 28, 28)
     (prediction,) = make_trainer().predict(model, DataLoader(TensorDataset(images), batch_size=6))
     features = prediction["embeddings"]
-    assert set(prediction) == {"embeddings"}
+    assert set(prediction) == {"embeddings", "label"}
     assert features.shape == (6, model.backbone.out_features)
     with torch.no_grad():
         torch.testing.assert_close(model.head(features), model(images))
+        assert prediction["label"].tolist() == model(images).argmax(dim=-1).tolist()
 
 
 def test_checkpoint_round_trip_needs_no_arguments(

@@ -55,6 +55,12 @@ def test_classifier_embeddings_and_autoencoder_write_embeddings_with_ids(
             expected = model.embed(batch["input"]) if isinstance(model, ImageClassifier) else model(batch["input"])
         np.testing.assert_allclose(np.load(out / "embeddings.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
         assert np.load(out / "ids.npy").tolist() == list(range(64))
+        if isinstance(model, ImageClassifier):  # the predicted class of each point
+            assert np.load(out / "labels.npy").tolist() == model.head(expected).argmax(dim=-1).tolist()
+        # TensorBoard's projector reads the same rows from the log folder (here default_root_dir: no logger).
+        projected = np.loadtxt(tmp_path / "projector" / "embeddings" / "tensor.tsv", delimiter="\t", ndmin=2)
+        np.testing.assert_allclose(projected, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert (tmp_path / "projector_config.pbtxt").is_file()
 
 
 def test_batches_without_ids_are_named_by_their_index(make_trainer: Callable[..., pl.Trainer], tmp_path: Path) -> None:
