@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator, Sized
+import sys
+from collections.abc import Callable, Iterator, Sized
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -113,6 +114,13 @@ class ResumableDataLoader(DataLoader):
     ``load_state_dict`` when it resumes inside an epoch; this loader then skips the batches the interrupted
     run already trained on (their indices only: no sample is read or augmented) and serves the rest.
 
+    A checkpoint can be saved while a batch is under way: served, not yet trained on (SLURM's requeue signal, a
+    ``ModelCheckpoint`` at a batch's start). Lightning trains that batch again on resume, so the loader must
+    serve it again: ``batches_done`` tells it how many batches the training loop counts as finished
+    (:class:`BatchDataModule` passes Lightning's own count); without it the loader skips every batch it served.
+    The batch is drawn again from torch's random state as it stood before its first draw, so its augmentation
+    and dropout are the ones the uninterrupted run used.
+
     The iterator starts drawing indices at its first batch, not when it is created, so the epoch that
     Lightning sets on the sampler in between is the one used, with worker processes too.
 
@@ -122,6 +130,8 @@ class ResumableDataLoader(DataLoader):
         shuffle: draw each epoch's order with :class:`EpochSampler`.
         seed: the seed of the shuffle and of the loader's own generator; ``None`` is ``seed_everything``'s
             (``PL_GLOBAL_SEED``), 0 when unset.
+        batches_done: called when a resumed epoch starts; returns how many of its batches the training loop
+            counts as finished, which the loader skips. ``None``: the number the checkpoint says were served.
         **kwargs: ``DataLoader``'s other arguments.
 
     Example:
@@ -139,6 +149,7 @@ class ResumableDataLoader(DataLoader):
         batch_size: int | None = 1,
         shuffle: bool | None = None,
         seed: int | None = None,
+        batches_done: Callable[[], int] | None = None,
         **kwargs: Any,
     ) -> None:
         seed = global_seed() if seed is None else seed
@@ -150,13 +161,19 @@ class ResumableDataLoader(DataLoader):
             kwargs["generator"] = torch.Generator().manual_seed(seed)
         super().__init__(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)  # type: ignore[arg-type]
         self.seed = seed
+        self.batches_done = batches_done
         self._epoch: int | None = None
         self._served = 0
+        self._rng_before_batch: torch.Tensor | None = None  # torch's random state before the last batch's draws
         self._resume: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """The epoch of the current iteration and the number of batches it has served."""
-        return {"epoch": self._epoch, "batches": self._served}
+        """The epoch of the current iteration, the number of batches it has served, and with ``batches_done``,
+        torch's random state before the last of them was drawn."""
+        state: dict[str, Any] = {"epoch": self._epoch, "batches": self._served}
+        if self._rng_before_batch is not None:
+            state["rng_before_batch"] = self._rng_before_batch
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Skip the batches a checkpoint says were served, if the next iteration is of the same epoch."""
@@ -170,6 +187,11 @@ class ResumableDataLoader(DataLoader):
         epoch = getattr(self.sampler, "epoch", None)
         resume, self._resume = self._resume, None
         skip = resume.get("batches", 0) if resume is not None and resume.get("epoch") == epoch else 0
+        if skip and self.batches_done is not None and (done := self.batches_done()) < skip:
+            # The checkpoint was saved while its last batch was under way: serve that batch again, drawn as before.
+            if done == skip - 1 and resume is not None and "rng_before_batch" in resume:
+                torch.set_rng_state(resume["rng_before_batch"])
+            skip = done
         self._epoch, self._served = epoch, skip
         if not skip:
             return super().__iter__()
@@ -197,10 +219,13 @@ class _LazyIterator(Iterator[Any]):
         self.iterator: Iterator[Any] | None = None
 
     def __next__(self) -> Any:
+        loader = self.loader
         if self.iterator is None:
-            self.iterator = self.loader._start()
+            self.iterator = loader._start()
+        if loader.batches_done is not None:  # a training loader, which a checkpoint may catch mid-batch
+            loader._rng_before_batch = torch.get_rng_state()
         batch = next(self.iterator)
-        self.loader._served += 1
+        loader._served += 1
         return batch
 
     def __len__(self) -> int:
@@ -294,7 +319,15 @@ class BatchDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=pass_batch,
             persistent_workers=self.num_workers > 0,
+            batches_done=self._batches_done if shuffle else None,
         )
+
+    def _batches_done(self) -> int:
+        # The training loop's count of the resumed epoch's finished batches, as it stands when the epoch's first
+        # batch is fetched (Lightning has set it from the checkpoint by then, and feeds its fetcher the same count).
+        if self.trainer is None:  # resumed by hand, outside a Trainer: trust the checkpoint's count
+            return sys.maxsize
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     @override
     def train_dataloader(self) -> ResumableDataLoader:

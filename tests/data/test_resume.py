@@ -2,8 +2,9 @@
 
 The runs augment their batches and use dropout, so both the sample order and the global random stream must
 continue exactly. Checkpoints come from one 2-epoch run: saved at the end of the training epoch, at the end
-of validation (ModelCheckpoint's default when validation runs at the epoch's end) and in the middle of an
-epoch (after a batch, where an interrupted run saves ``last.ckpt``).
+of validation (ModelCheckpoint's default when validation runs at the epoch's end), in the middle of an
+epoch (after a batch, where an interrupted run saves ``last.ckpt``) and with a batch drawn but not yet trained on
+(where SLURM's requeue signal can find a run).
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ class RecordIds(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         self.ids.append(batch["id"].tolist())
+
+
+class SaveAtBatchStart(Callback):
+    """Save a checkpoint when the batch after ``step`` has been drawn but not trained on, as SLURM's requeue
+    signal does when it comes while the ranks wait at a batch."""
+
+    def __init__(self, step: int, path: Path) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
 
 
 class SaveMidEpoch(Callback):
@@ -99,7 +112,8 @@ def runs(request: pytest.FixtureRequest, mnist_dir: Path, tmp_path_factory: pyte
         root / "val_end", filename="{epoch}", monitor="val/loss", save_top_k=-1, save_on_train_epoch_end=False
     )
     mid_epoch = SaveMidEpoch(MID_EPOCH_STEP, root / "mid_epoch.ckpt")
-    fit(mnist_dir, root / "first", 2, deterministic, callbacks=(at_train_end, at_val_end, mid_epoch))
+    mid_batch = SaveAtBatchStart(MID_EPOCH_STEP, root / "mid_batch.ckpt")
+    fit(mnist_dir, root / "first", 2, deterministic, callbacks=(at_train_end, at_val_end, mid_epoch, mid_batch))
     return {
         "deterministic": deterministic,
         "root": root,
@@ -108,16 +122,18 @@ def runs(request: pytest.FixtureRequest, mnist_dir: Path, tmp_path_factory: pyte
             "train_epoch_end": root / "train_end" / "epoch=1.ckpt",
             "validation_end": root / "val_end" / "epoch=1.ckpt",
             "mid_epoch": root / "mid_epoch.ckpt",
+            "batch_under_way": root / "mid_batch.ckpt",
         },
     }
 
 
-@pytest.mark.parametrize("saved_at", ["train_epoch_end", "validation_end", "mid_epoch"])
+@pytest.mark.parametrize("saved_at", ["train_epoch_end", "validation_end", "mid_epoch", "batch_under_way"])
 def test_two_plus_two_epochs_equal_four_bitwise(runs: dict, saved_at: str, mnist_dir: Path) -> None:
     checkpoint = runs["checkpoints"][saved_at]
     resumed = fit(mnist_dir, runs["root"] / f"resumed_{saved_at}", 4, runs["deterministic"], ckpt_path=checkpoint)
     straight = runs["straight"]
-    done = MID_EPOCH_STEP if saved_at == "mid_epoch" else 2 * BATCHES
+    # A batch under way when the checkpoint was saved is trained again: the resume starts before it.
+    done = MID_EPOCH_STEP if saved_at in ("mid_epoch", "batch_under_way") else 2 * BATCHES
     # The resumed run trained on exactly the batches the straight run had left, in the same order...
     assert resumed[2].ids == straight[2].ids[done:]
     assert resumed[1].global_step == straight[1].global_step == 4 * BATCHES
@@ -130,7 +146,13 @@ def test_the_checkpoint_carries_the_random_states_and_the_loader_position(runs: 
     checkpoint = torch.load(runs["checkpoints"]["mid_epoch"], weights_only=True)
     states = checkpoint["MNISTDataModule"]["rng_states"]
     assert {"torch", "numpy", "python"} <= set(states)
-    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2}]
+    [loader] = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert (loader["epoch"], loader["batches"]) == (1, 2)
+    assert loader["rng_before_batch"].dtype == torch.uint8  # torch's random state before batch 2 was drawn
+    under_way = torch.load(runs["checkpoints"]["batch_under_way"], weights_only=True)
+    [loader] = under_way["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert (loader["epoch"], loader["batches"]) == (1, 3)  # batch 3 drawn, not trained on
+    assert under_way["global_step"] == MID_EPOCH_STEP
 
 
 @pytest.mark.parametrize("runs", [False], indirect=True, ids=["default"])

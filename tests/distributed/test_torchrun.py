@@ -92,9 +92,11 @@ def test_predict_writes_every_sample_once_in_order_equal_to_one_process(two_node
     assert (manifest["rows"], manifest["world_size"]) == (64, 2)
     assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "ids.npy", "manifest.json"]
     np.testing.assert_array_equal(np.load(out / "ids.npy"), np.arange(64))
-    model = ImageClassifier.load_from_checkpoint(two_nodes.run / "checkpoints" / "last.ckpt", map_location="cpu")
+    last = two_nodes.run / "checkpoints" / "last.ckpt"
+    model = ImageClassifier.load_from_checkpoint(last, map_location="cpu", return_embeddings=True)
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-    single = torch.cat(trainer.predict(model, MNISTDataModule(mnist_dir, batch_size=32, val_size=64))).numpy()
+    batches = trainer.predict(model, MNISTDataModule(mnist_dir, batch_size=32, val_size=64))
+    single = torch.cat([batch["embeddings"] for batch in batches]).numpy()
     rows = np.load(out / "embeddings.npy")
     print(f"predict: {len(rows)} rows, max abs difference to one process {np.abs(rows - single).max():.2e}")
     np.testing.assert_allclose(rows, single, rtol=0, atol=1e-6)
