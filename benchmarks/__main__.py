@@ -2,10 +2,10 @@
 
 Sections (``--only`` picks some): ``training`` (epoch wall time, four contenders in fresh processes),
 ``export`` (EmbeddingWriter), ``gradnorm`` (GradNormLogger), ``startup`` (the ``plkit`` command), ``gpu``
-(images/s lever by lever, plkit and a hand loop; skipped without CUDA) and ``accuracy`` (time to a tested
-Fashion-MNIST accuracy, recipes against the configuration before the levers and a hand loop). ``--quick`` is the
-smoke-test size; ``--json`` and ``--markdown`` write the results and the tables (the README's performance section
-is the Markdown of a full run).
+(images/s lever by lever, plkit and a hand loop; skipped without CUDA), ``latency`` (inference in each ``plkit
+export`` format) and ``accuracy`` (time to a tested Fashion-MNIST accuracy: the recipes against the configuration
+before the levers and a hand loop). ``--quick`` is the smoke-test size; ``--json`` and ``--markdown`` write the
+results and the tables (the README's performance section is the Markdown of a full run).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 from benchmarks._data import REAL_DIR
 
-SECTIONS = ("training", "export", "gradnorm", "startup", "gpu", "accuracy")
+SECTIONS = ("training", "export", "gradnorm", "startup", "gpu", "latency", "accuracy")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +91,7 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def _runners(args: argparse.Namespace) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[..., list]]]:
     """Each section's ``run`` and ``tables``, imported only when the section runs."""
-    from benchmarks import accuracy, callbacks, gpu, startup, training
+    from benchmarks import accuracy, callbacks, export_latency, gpu, startup, training
 
     return {
         "training": (
@@ -102,6 +102,7 @@ def _runners(args: argparse.Namespace) -> dict[str, tuple[Callable[[], dict[str,
         "gradnorm": (lambda: callbacks.run_grad_norm(args.quick), callbacks.grad_norm_tables),
         "startup": (lambda: startup.run(args.quick, args.repeats), startup.tables),
         "gpu": (lambda: gpu.run(args.quick, args.data, data_dir=args.data_dir), gpu.tables),
+        "latency": (lambda: export_latency.run(args.quick), export_latency.tables),
         "accuracy": (
             lambda: accuracy.run(args.quick, args.repeats, args.data, args.threads, args.data_dir),
             accuracy.tables,

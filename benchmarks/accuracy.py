@@ -1,4 +1,4 @@
-"""Comparison 6: time to accuracy. How long the Fashion-MNIST configurations take to a trained, tested model.
+"""Comparison 7: time to accuracy. How long the Fashion-MNIST configurations take to a trained, tested model.
 
 Contenders: the baseline (``benchmarks/fashion_mnist_baseline.yaml``, the recipe as it shipped before bf16 and
 compile were options), the ``fashion_mnist`` recipe (goal: >= 92.0% test accuracy in <= 0.6x the baseline's time),

@@ -22,7 +22,7 @@ from plkit.cli._errors import UsageError
 from plkit.cli.recipes import RecipeNotFoundError, recipe_names, recipe_path
 
 VERBS = ("fit", "validate", "test", "predict")
-COMMANDS = (*VERBS, "check", "recipes", "report")
+COMMANDS = (*VERBS, "check", "recipes", "report", "export")
 CONFIG_FLAGS = ("--config", "-c")
 
 USAGE = f"""\
@@ -40,6 +40,7 @@ plkit's own:
   check       build a config on the CPU and run one training and one validation batch
   recipes     list | show NAME | copy NAME [DEST] [--force]: the recipes that ship with plkit
   report      RUN_DIR: plot a finished run's curves to report.png and summarise it
+  export      --ckpt_path CKPT --format onnx|torchscript|exported_program: a verified model file in RUN/export
 
 --config takes a path or a recipe name (`plkit recipes list`); several --config merge in order, and
 dotted flags such as --trainer.max_epochs 3 or --model.init_args.lr 0.01 override them.
@@ -79,6 +80,11 @@ def _dispatch(argv: list[str]) -> None:
         from plkit.cli.report import run_report_command
 
         run_report_command(rest)
+        return
+    if command == "export":
+        from plkit.cli.export import run_export_command
+
+        run_export_command(rest)
         return
 
     rest = _resolve_configs(rest)
