@@ -154,7 +154,7 @@ def tables(results: dict[str, Any]) -> list[Table]:
     seeds = ", ".join(str(s) for s in results["seeds"])
     rounds = f"{results['repeats']} round" + ("s" if results["repeats"] > 1 else "")
     title = (
-        f"6. Time to accuracy: Fashion-MNIST fit + test, CPU, {results['threads']} threads, {rounds} (seeds {seeds})"
+        f"7. Time to accuracy: Fashion-MNIST fit + test, CPU, {results['threads']} threads, {rounds} (seeds {seeds})"
     )
     notes = []
     for name, met in results["goals"].items():
