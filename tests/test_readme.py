@@ -103,6 +103,7 @@ def test_every_readme_command_runs(
         if command == main_job:
             command = command.rsplit("&& .venv/bin/", 1)[1]  # the install part is what CI does
         words = shlex.split(command, comments=True)
+        assert "$(" not in command, "a README command that needs the shell to expand it"
         if words[0] == "plkit" and "overlays/ddp_cpu" in words:
             # Lightning starts the other ranks by re-running this process's command line: a fresh plkit, not pytest.
             args = shrink(words[1:], data_dir, tiny_overlay)
@@ -138,5 +139,8 @@ def test_every_readme_command_runs(
 
     assert len(ran) >= 10
     assert (work / "my.yaml").is_file()
-    assert (work / "runs" / "fashion_mnist" / "version_0" / "report.png").is_file()
-    assert (work / "runs" / "fashion_mnist" / "version_0" / "test_config.yaml").is_file()
+    # The main job made version_0; the Quickstart's fit, test and report all concern its own run, version_1.
+    quickstart = work / "runs" / "fashion_mnist" / "version_1"
+    assert (quickstart / "report.png").is_file()
+    assert (quickstart / "test_config.yaml").is_file()
+    assert not (work / "runs" / "fashion_mnist" / "version_0" / "test_config.yaml").exists()

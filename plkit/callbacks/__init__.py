@@ -2,7 +2,8 @@
 
 ``from plkit.callbacks import EmbeddingWriter, LRDecay, GradNormLogger, ProgressNotifier`` needs nothing else
 from plkit, and importing it has no side effects. Each callback lives in its own file, which imports nothing
-else from plkit either, so it can also be copied into a project on its own.
+else from plkit either, so it can also be copied into a project on its own (``EmbeddingWriter`` with its
+storage module, ``_embedding_store.py``, which imports only numpy).
 """
 
 from plkit.callbacks.embedding_writer import EmbeddingWriter

@@ -1,8 +1,9 @@
-"""GradNormLogger: log the gradient norm where it is exact, with one fused kernel and no per-step host sync.
+"""GradNormLogger: log the gradient norm on the steps Lightning logs, with no host sync on the others.
 
 The norm is taken in ``on_before_optimizer_step``: after the backward pass and AMP's unscaling, before gradient
-clipping and the step. Per-tensor norms come from one ``torch._foreach_norm`` call per (device, dtype) group and
-stay on the device; nothing is copied to the host except on the steps that are logged.
+clipping and the step, with ``torch.nn.utils.get_total_norm`` (what ``clip_grad_norm_`` measures). It is computed
+only on the steps Lightning writes to its loggers, or on every step with ``warn_above`` (compared on the device),
+and it reaches the host only on the logged steps.
 
 This file imports nothing from plkit: copy it into any Lightning project.
 """
@@ -16,26 +17,30 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from torch.nn.utils import get_total_norm
 from typing_extensions import override
 
 
 class GradNormLogger(Callback):
     """Log the total gradient norm (``grad_norm/total``) of what each optimizer is about to step.
 
-    With ``log_every_n_steps=None`` it logs through ``pl_module.log`` on exactly the steps the trainer writes to
-    its loggers (``Trainer(log_every_n_steps=...)``), so the norm lines up with ``train_loss`` and is also in
-    ``trainer.callback_metrics``. With another interval it writes to ``trainer.loggers`` directly at the
-    trainer's step numbers (as ``LearningRateMonitor`` does), because values handed to ``pl_module.log`` between
-    the trainer's own logging steps would be written late, at the next one.
+    With ``log_every_n_steps=None`` it hands the norm to ``pl_module.log`` on exactly the batches whose metrics
+    the trainer writes to its loggers (``Trainer(log_every_n_steps=...)``), so the norm sits at the same step as
+    ``train_loss`` (with gradient accumulation, several optimizers and manual optimization too) and is also in
+    ``trainer.callback_metrics``. With another interval it writes to ``trainer.loggers`` directly, at the same
+    step numbers (as ``LearningRateMonitor`` does), because values handed to ``pl_module.log`` between the
+    trainer's own logging steps would be written late, at the next one. Unlogged steps compute nothing.
 
     With ``per_layer=True`` it also logs ``grad_norm/<module path>`` for each module that owns parameters (the
     norm over its weight, bias, ...). With several optimizers the names end in ``_optimizer<i>``.
 
-    ``warn_above`` replaces the notes' ``GradientWarningCallback(threshold=...)``: the norm is then computed on every
-    step and compared on the device (no sync), and on each logged step rank zero warns about the steps that
-    exceeded it since the last report, and ``grad_norm/above_threshold`` and ``grad_norm/nonfinite`` (cumulative
-    counts over all optimizers, kept in checkpoints) are logged. A non-finite norm on a logged step is always
-    reported; with ``precision="16-mixed"`` an occasional one is expected (the gradient scaler skips those steps).
+    ``warn_above`` warns when the gradients explode: the norm is then computed on every step and compared on the
+    device (no sync); ``grad_norm/above_threshold`` and ``grad_norm/nonfinite`` (cumulative counts over all
+    optimizers, kept in checkpoints) are logged with it. Rank zero warns at most once per epoch, on the first
+    logged step after the norm first exceeded the threshold in that epoch (how often so far, and the largest norm
+    above it), and once more when training ends, with this fit's totals. Without ``warn_above``, a non-finite
+    norm on a logged step is reported the same way. With ``precision="16-mixed"`` an occasional non-finite norm
+    is expected (the gradient scaler skips those steps).
 
     With FSDP or other sharded strategies each rank only holds a shard of the gradients, so the norm is that
     shard's; under DDP all ranks hold the full, reduced gradients and log the same value.
@@ -87,14 +92,17 @@ class GradNormLogger(Callback):
         self.log_every_n_steps = log_every_n_steps
         self.per_layer = per_layer
         self.warn_above = warn_above
+        self._layers: dict[int, str] = {}
         self._reset()
 
     def _reset(self) -> None:
-        # Cumulative counts: host ints until the first step moves them to the gradients' device.
-        self._above: torch.Tensor | int = 0
-        self._nonfinite: torch.Tensor | int = 0
-        self._reported = (0, 0)
-        self._layers: dict[int, str] = {}
+        # On the gradients' device from the first checked step: row 0 counts this epoch, row 1 this fit;
+        # columns: norms above warn_above, non-finite norms. _largest: the largest norm above, [epoch, fit].
+        self._counts: torch.Tensor | None = None
+        self._largest: torch.Tensor | None = None
+        self._checked = [0, 0]  # optimizer steps whose norm was checked: this epoch, this fit
+        self._restored = (0, 0)  # counts of the runs before a resume, from the checkpoint
+        self._warned_epoch = -1
 
     @property
     @override
@@ -107,113 +115,131 @@ class GradNormLogger(Callback):
             self._reset()
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._checked[0] = 0
+        if self._counts is not None and self._largest is not None:
+            self._counts[0].zero_()
+            self._largest[0].zero_()
+
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        interval = self.log_every_n_steps or trainer.log_every_n_steps
-        if not interval:  # Trainer(log_every_n_steps=0) turns logging off
-            return
-        step = trainer.global_step  # optimizer steps done before this one: the step Lightning logs this batch as
-        # Lightning writes step metrics when (steps that stepped + 1) % n == 0, when stopping, and in fast_dev_run.
-        logged = (step + 1) % interval == 0 or trainer.should_stop or bool(trainer.fast_dev_run)
+        step = _logging_step(trainer, pl_module)
+        every = self.log_every_n_steps or trainer.log_every_n_steps  # Trainer(log_every_n_steps=0): never
+        # Lightning's rule (LearningRateMonitor asks it through a private connector): it writes a batch's metrics
+        # when (step + 1) % log_every_n_steps == 0, when the trainer is stopping, and on every fast_dev_run step.
+        # A stop requested after this hook, in this batch's on_train_batch_end, logs a batch whose norm is gone.
+        logged = bool(every) and ((step + 1) % every == 0 or trainer.should_stop or bool(trainer.fast_dev_run))
         if not logged and self.warn_above is None:
             return
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not params:
             return
-        norms = _norms([p.grad for p in params], self.norm_type)
-        total = torch.linalg.vector_norm(torch.stack(norms), self.norm_type)
-        if self.warn_above is not None:
-            self._count(total)
+        layers = self._layer_norms(pl_module, params) if self.per_layer and logged else {}
+        if layers:  # the p-norm of the layers' p-norms
+            total = torch.linalg.vector_norm(torch.stack(list(layers.values())), self.norm_type)
+        else:
+            # foreach=None: the fused kernels on CPU and CUDA, a per-tensor loop on devices without them.
+            total = get_total_norm([p.grad for p in params], self.norm_type)
+        total = total.float()
+        self._check(total)
         if not logged:
             return
         suffix = _optimizer_suffix(trainer, optimizer)
         values = {f"grad_norm/total{suffix}": total}
-        if self.per_layer:
-            values.update(self._layer_norms(pl_module, params, norms, suffix))
-        if self.warn_above is not None:
-            # The counts cover every optimizer's steps together.
-            values["grad_norm/above_threshold"] = self._above.float()
-            values["grad_norm/nonfinite"] = self._nonfinite.float()
-        self._report(total, step)  # the one host sync, on a logged step
+        values.update({f"grad_norm/{layer}{suffix}": norm.float() for layer, norm in layers.items()})
+        if self.warn_above is not None and self._counts is not None:
+            # Cumulative over every optimizer and over the runs a checkpoint continues.
+            values["grad_norm/above_threshold"] = (self._counts[1, 0] + self._restored[0]).float()
+            values["grad_norm/nonfinite"] = (self._counts[1, 1] + self._restored[1]).float()
+        if trainer.is_global_zero and self._warned_epoch != trainer.current_epoch:
+            self._warn_for_epoch(trainer)  # a host sync, on a logged step only, and at most until it warns
         if self.log_every_n_steps in (None, trainer.log_every_n_steps):
             for name, value in values.items():
                 pl_module.log(name, value, on_step=True, on_epoch=False)
         else:
-            host = dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
+            host = dict(zip(values, torch.stack([v.to(total.device) for v in values.values()]).tolist(), strict=True))
             for logger in trainer.loggers:
                 logger.log_metrics(host, step=step)
 
-    def _count(self, total: torch.Tensor) -> None:
-        if not isinstance(self._above, torch.Tensor):
-            self._above = torch.tensor(self._above, device=total.device)
-            self._nonfinite = torch.tensor(self._nonfinite, device=total.device)
-        self._above.add_(total > self.warn_above)
-        self._nonfinite.add_(~torch.isfinite(total))
+    def _check(self, total: torch.Tensor) -> None:
+        """Count, on the device, the norms above ``warn_above`` and the non-finite ones, and keep the largest above."""
+        if self._counts is None or self._largest is None:
+            self._counts = torch.zeros(2, 2, dtype=torch.long, device=total.device)
+            self._largest = torch.zeros(2, device=total.device)
+        above = total > self.warn_above if self.warn_above is not None else torch.zeros_like(total, dtype=torch.bool)
+        self._counts += torch.stack([above, ~torch.isfinite(total)]).long()  # into both rows
+        self._largest = torch.maximum(self._largest, torch.where(above, total, 0.0))
+        self._checked = [n + 1 for n in self._checked]
 
-    def _report(self, total: torch.Tensor, step: int) -> None:
-        if self.warn_above is None:
-            latest = total.item()
-            new_above, new_nonfinite = 0, int(not math.isfinite(latest))
-        else:
-            counts = torch.stack([total.float(), self._above.float(), self._nonfinite.float()]).tolist()
-            latest, above, nonfinite = counts[0], int(counts[1]), int(counts[2])
-            new_above, new_nonfinite = above - self._reported[0], nonfinite - self._reported[1]
-            self._reported = (above, nonfinite)
+    def _warn_for_epoch(self, trainer: pl.Trainer) -> None:
+        assert self._counts is not None
+        assert self._largest is not None
+        above, nonfinite, largest = torch.cat([self._counts[0].float(), self._largest[:1]]).tolist()
+        if above or nonfinite:
+            self._warned_epoch = trainer.current_epoch
+            where = f"of the {self._checked[0]} {self._kind()} so far in epoch {trainer.current_epoch}"
+            note = " At most one such warning an epoch, and a summary when training ends."
+            rank_zero_warn(self._message(int(above), int(nonfinite), largest, where) + note)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._counts is None or self._largest is None or not trainer.is_global_zero:
+            return
+        above, nonfinite, largest = torch.cat([self._counts[1].float(), self._largest[1:]]).tolist()
+        if above or nonfinite:
+            where = f"of the {self._checked[1]} {self._kind()} of this fit"
+            rank_zero_warn(self._message(int(above), int(nonfinite), largest, where))
+
+    def _kind(self) -> str:
+        return "optimizer steps" if self.warn_above is not None else "logged optimizer steps"
+
+    def _message(self, above: int, nonfinite: int, largest: float, where: str) -> str:
         p = "inf" if math.isinf(self.norm_type) else f"{self.norm_type:g}"
-        if new_above > 0:
-            rank_zero_warn(
-                f"GradNormLogger: the gradient {p}-norm exceeded warn_above={self.warn_above} on {new_above} "
-                f"step(s) up to step {step} (latest norm {latest:.4g})."
-            )
-        if new_nonfinite > 0:
-            rank_zero_warn(
-                f"GradNormLogger: the gradient {p}-norm was not finite on {new_nonfinite} step(s) up to step {step} "
-                f"(latest norm {latest}); check the loss and learning rate, or expect it now and then with fp16 AMP."
-            )
+        counts = [f"exceeded warn_above={self.warn_above} on {above}"] if above else []
+        counts += [f"was not finite on {nonfinite}"] if nonfinite else []
+        text = f"GradNormLogger: the gradient {p}-norm {' and '.join(counts)} {where}"
+        text += f" (largest: {largest:.4g})." if above else "."
+        if nonfinite:
+            text += " Check the loss and the learning rate, or expect it now and then with fp16 AMP."
+        return text
 
-    def _layer_norms(
-        self, pl_module: pl.LightningModule, params: list[torch.Tensor], norms: list[torch.Tensor], suffix: str
-    ) -> dict[str, torch.Tensor]:
+    def _layer_norms(self, pl_module: pl.LightningModule, params: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         if any(id(p) not in self._layers for p in params):
             self._layers = {id(p): name.rpartition(".")[0] or name for name, p in pl_module.named_parameters()}
+        # One fused per-tensor call (what get_total_norm runs inside), grouped by module afterwards: 1.3x faster
+        # than one get_total_norm call per module on a 64-layer MLP (the per-layer rows of python -m benchmarks).
+        device = params[0].grad.device
+        norms = torch._foreach_norm([p.grad for p in params], self.norm_type)
         grouped: dict[str, list[torch.Tensor]] = {}
         for param, norm in zip(params, norms, strict=True):
-            grouped.setdefault(self._layers.get(id(param), "unnamed"), []).append(norm)
-        return {
-            f"grad_norm/{layer}{suffix}": torch.linalg.vector_norm(torch.stack(group), self.norm_type)
-            for layer, group in grouped.items()
-        }
+            grouped.setdefault(self._layers.get(id(param), "unnamed"), []).append(norm.to(device))
+        return {layer: torch.linalg.vector_norm(torch.stack(group), self.norm_type) for layer, group in grouped.items()}
 
     @override
     def state_dict(self) -> dict[str, Any]:
         if self.warn_above is None:
             return {}
-        # int() of a device tensor syncs, which is fine once per checkpoint.
-        return {"above_threshold": int(self._above), "nonfinite": int(self._nonfinite)}
+        fit = [0, 0] if self._counts is None else self._counts[1].tolist()  # a sync, once per checkpoint
+        return {"above_threshold": self._restored[0] + fit[0], "nonfinite": self._restored[1] + fit[1]}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._above = int(state_dict.get("above_threshold", 0))
-        self._nonfinite = int(state_dict.get("nonfinite", 0))
-        self._reported = (self._above, self._nonfinite)
+        self._reset()
+        self._restored = (int(state_dict.get("above_threshold", 0)), int(state_dict.get("nonfinite", 0)))
 
 
-def _norms(grads: list[torch.Tensor], norm_type: float) -> list[torch.Tensor]:
-    """Each gradient's norm as a float32 scalar on the first gradient's device: one fused kernel per
-    (device, dtype) group instead of one kernel (and, in ``lightning``'s ``grad_norm``, one host copy) per tensor."""
-    device = grads[0].device
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, grad in enumerate(grads):
-        groups.setdefault((grad.device, grad.dtype), []).append(i)
-    out: list[torch.Tensor] = [grads[0]] * len(grads)
-    for (_, dtype), members in groups.items():
-        tensors = [grads[i].coalesce().values() if grads[i].is_sparse else grads[i] for i in members]
-        # Half-precision gradients are accumulated in float32 rather than summed in their own precision.
-        accumulate = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-        for i, norm in zip(members, torch._foreach_norm(tensors, norm_type, dtype=accumulate), strict=True):
-            out[i] = norm.to(device=device, dtype=torch.float32)
-    return out
+def _logging_step(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    """The step at which Lightning logs this batch: the number of batches that stepped the optimizers before it.
+
+    Under automatic optimization that is ``global_step``. Under manual optimization ``global_step`` counts every
+    ``optimizer.step()`` (two a batch with two optimizers) and Lightning forbids gradient accumulation, so it is
+    the number of batches completed.
+    """
+    if pl_module.automatic_optimization:
+        return trainer.global_step
+    return trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
 
 def _optimizer_suffix(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> str:

@@ -5,6 +5,9 @@ many decays it has applied; the number that should have been applied is derived 
 (or ``trainer.global_step``). A checkpoint stores the optimizer's rates and that count side by side, so
 ``fit(ckpt_path=...)`` continues exactly where the run stopped, whatever hook the checkpoint was taken in.
 
+The next epoch's (or step's) rate is set at the end of the current one, as Lightning steps its own schedulers,
+so a ``LearningRateMonitor`` logs the rate in use wherever it sits in the callback list.
+
 This file imports nothing from plkit: copy it into any Lightning project.
 """
 
@@ -32,6 +35,11 @@ class LRDecay(Callback):
     ``CosineAnnealingLR``) overrides it, so use one or the other. It logs nothing: add
     ``LearningRateMonitor`` to see the rates.
 
+    The rate for epoch ``e + 1`` (or step ``s + 1``) is set when epoch ``e`` (or step ``s``) ends, as Lightning
+    steps its epoch- and step-interval schedulers, so ``LearningRateMonitor`` logs the rate each epoch or step
+    uses, before or after this callback in the list. After ``fit`` the optimizer holds the rate the next epoch
+    (or step) would use, as after a scheduler's last ``step()``.
+
     A rate already below ``min_lr`` when a decay happens is left as it is (the floor never raises a rate).
     When a run resumes from a checkpoint saved without this callback, decay starts from the restored rates.
 
@@ -57,8 +65,8 @@ class LRDecay(Callback):
         ...                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         ...                      callbacks=[LRDecay(gamma=0.5)])
         >>> trainer.fit(Model())
-        >>> trainer.optimizers[0].param_groups[0]["lr"]  # epochs 0, 1, 2 ran at 0.1, 0.05, 0.025
-        0.025
+        >>> trainer.optimizers[0].param_groups[0]["lr"]  # epochs 0, 1, 2 ran at 0.1, 0.05, 0.025; next: 0.0125
+        0.0125
     """
 
     def __init__(
@@ -87,7 +95,9 @@ class LRDecay(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(gamma=self.gamma, interval=self.interval, every_n=self.every_n)
+        return self._generate_state_key(
+            gamma=self.gamma, interval=self.interval, every_n=self.every_n, min_lr=self.min_lr
+        )
 
     @property
     def decays_applied(self) -> int:
@@ -100,18 +110,26 @@ class LRDecay(Callback):
             self._applied = None
 
     @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.interval == "epoch":
-            self._catch_up(trainer, trainer.current_epoch // self.every_n)
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Before the first epoch's hooks: a run resumed from a checkpoint taken before this callback's last
+        # decay (e.g. after validation) catches up here, so the first epoch already runs (and logs) the right rate.
+        self._catch_up(trainer)
 
     @override
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interval == "epoch":
+            self._catch_up(trainer, ahead=1)  # current_epoch still counts the epoch that is ending
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         if self.interval == "step":
-            self._catch_up(trainer, trainer.global_step // self.every_n)
+            self._catch_up(trainer)  # global_step already counts this batch's optimizer step
 
-    def _catch_up(self, trainer: pl.Trainer, due: int) -> None:
+    def _catch_up(self, trainer: pl.Trainer, ahead: int = 0) -> None:
+        progress = trainer.current_epoch + ahead if self.interval == "epoch" else trainer.global_step
+        due = progress // self.every_n
         if self._applied is None:
             self._applied = due  # resumed from a checkpoint without our state: decay from the restored rates
         missing = due - self._applied

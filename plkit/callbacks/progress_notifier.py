@@ -18,6 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 
@@ -39,8 +40,10 @@ class ProgressNotifier(Callback):
         {"state": "running", "epoch": 3, "max_epochs": 10, "step": 300, "max_steps": null, "percent": 30.0,
          "elapsed_s": 42.0, "eta_s": 98.0, "metrics": {"train_loss": 0.3121}, "error": null, "updated": "..."}
 
-    ``state`` is ``running`` from the start of ``fit``, ``finished`` at its end, ``failed`` when an exception ends
-    the run (``error`` holds it), and ``interrupted`` on Ctrl+C or SIGTERM. ``epoch`` counts completed epochs.
+    ``state`` is ``running`` from the setup of ``fit``, ``finished`` at its end, ``failed`` when an exception ends
+    the fit at any point after that (a bad learning rate, a missing or unreadable ``ckpt_path``, an error in a
+    step or another callback; ``error`` holds it), and ``interrupted`` on Ctrl+C (``KeyboardInterrupt``) or SIGTERM
+    (Lightning's ``SIGTERMException``). ``epoch`` counts completed epochs.
     Non-finite metrics are written as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (JSON has no such numbers).
 
     Args:
@@ -75,10 +78,11 @@ class ProgressNotifier(Callback):
         self._start = 0.0  # fit start, for "elapsed"
         self._eta_start = 0.0  # train start, after a checkpoint restored the progress, for the ETA
         self._start_fraction = 0.0
-        self._active = False
+        self._active = False  # from writing "running" until the fit's teardown: a failure then is this fit's
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._active = False
         if stage != "fit" or self.status_file is None:
             return
         self._start = time.monotonic()
@@ -96,11 +100,11 @@ class ProgressNotifier(Callback):
         error = trainer.strategy.broadcast(error)
         if error is not None:
             raise PermissionError(error)
+        self._active = True
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = self._eta_start = time.monotonic()
-        self._active = True
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -123,19 +127,22 @@ class ProgressNotifier(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._active = False
         metrics = _metrics(trainer)  # on every rank: reading the metrics may sync them
         if trainer.is_global_zero and self.status_file is not None:
             self._write(trainer, "finished", trainer.current_epoch, metrics, finished=True)
 
     @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Still active after "finished" until here: a later callback's on_fit_end can fail the fit.
+        self._active = False
+
+    @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not self._active:  # not a fit (validate, test, predict), or one that already ended
+        if not self._active:  # no "running" written (not a fit, or no status file), or already recorded
             return
         self._active = False
         if trainer.is_global_zero and self.status_file is not None:
-            # Lightning raises KeyboardInterrupt on Ctrl+C and SIGTERMException (a SystemExit) on SIGTERM.
-            stopped = isinstance(exception, (KeyboardInterrupt, SystemExit))
+            stopped = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
             error = None if stopped else f"{type(exception).__name__}: {exception}"
             try:
                 self._write(trainer, "interrupted" if stopped else "failed", trainer.current_epoch, error=error)

@@ -8,8 +8,8 @@ one message, with a hint for the mistakes recipes make most (channels, class cou
 
 from __future__ import annotations
 
-import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +17,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from plkit.cli.lightning_cli import PlkitCLI
+from plkit.cli._errors import hint_for
+from plkit.cli.lightning_cli import PlkitCLI, run_cli
 
 # What a check may not change in the user's trainer: one CPU process, one batch of each, no files.
 CHECK_TRAINER = {
@@ -27,7 +28,7 @@ CHECK_TRAINER = {
     "strategy": "auto",
     "precision": "32-true",
     "fast_dev_run": 1,
-    "logger": False,
+    "logger": True,  # fast_dev_run swaps it for a logger that writes nothing; callbacks that need one still work
     "enable_progress_bar": False,
     "enable_model_summary": False,
 }
@@ -62,60 +63,50 @@ class _BatchProbe(pl.Callback):
         self.val = self.val or describe_batch(batch)
 
 
-HINTS = (
-    (
-        re.compile(r"expected input\[.*\] to have (\d+) channels, but got (\d+) channels"),
-        "the model expects {0} input channels but the data has {1}: set model.init_args.in_channels: {1}",
-    ),
-    (
-        re.compile(r"Target (-?\d+) is out of bounds|index (\d+) is out of bounds"),
-        "a label is not below model.init_args.num_classes: set num_classes to the number of classes in the data",
-    ),
-    (
-        re.compile(r"mat1 and mat2 shapes cannot be multiplied"),
-        "a layer's input size does not fit the data: check the image size and input_shape against the data module",
-    ),
-)
-
-
-def hint_for(error: BaseException) -> str | None:
-    """Return a one-line fix for a known config mistake, or ``None``."""
-    text = str(error)
-    for pattern, hint in HINTS:
-        match = pattern.search(text)
-        if match:
-            return hint.format(*match.groups())
-    return None
-
-
 class CheckCLI(PlkitCLI):
-    """``PlkitCLI`` whose ``fit`` runs the check instead of a training."""
+    """``PlkitCLI`` whose ``fit`` runs the check instead of a training, writing nothing outside a temporary folder."""
 
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(self, args: Sequence[str], **kwargs: Any) -> None:
         self.probe = _BatchProbe()
-        super().__init__(args=["fit", *args])
+        with tempfile.TemporaryDirectory(prefix="plkit-check-") as scratch:
+            self.scratch = scratch
+            super().__init__(args=["fit", *args], **{"run_folder": False, **kwargs})
+
+    @override
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.verb_parsers["fit"].prog = main_kwargs.get("prog", "plkit check")  # its errors are the check's
 
     @override
     def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
-        self.requested = {key: self.config.fit.trainer.get(key) for key in ("accelerator", "devices", "precision")}
-        self.config = self.parser.parse_object({"fit": {"trainer": CHECK_TRAINER, "ckpt_path": None}}, self.config)
-        self.extra_callbacks.append(self.probe)
+        trainer = self.config.fit.trainer
+        self.requested = {key: trainer.get(key) for key in ("accelerator", "devices", "precision")}
+        # Whatever the recipe writes (a callback's last.ckpt, a profiler's report) lands in the scratch folder.
+        check = {**CHECK_TRAINER, "default_root_dir": self.scratch, "callbacks": [*(trainer.get("callbacks") or [])]}
+        self.config = self.parser.parse_object({"fit": {"trainer": check, "ckpt_path": None}}, self.config)
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.append(self.probe)
+        return trainer
 
     def fit(self, model: pl.LightningModule, datamodule: pl.LightningDataModule | None = None, **_: Any) -> None:
         """Run one training and one validation batch and print the summary."""
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        requested = ", ".join(f"{k}={v}" for k, v in self.requested.items())
         lines = [
             (
                 "model",
                 f"{type(model).__name__} ({type(model).__module__}), {total:,} parameters ({trainable:,} trainable)",
             ),
             ("data", f"{type(datamodule).__name__} ({type(datamodule).__module__})" if datamodule else "none"),
-            (
-                "trainer",
-                ", ".join(f"{k}={v}" for k, v in self.requested.items()) + " (the check runs on 1 CPU, 32-true)",
-            ),
+            ("trainer", f"{requested} (the check itself runs on 1 CPU, 32-true)"),
+            ("precision", str(self.requested["precision"] or "32-true")),
+            ("memory format", memory_format(model, datamodule)),
         ]
         try:
             self.trainer.fit(model, datamodule=datamodule)
@@ -123,7 +114,7 @@ class CheckCLI(PlkitCLI):
             lines += [("train batch", self.probe.train or "-"), ("val batch", self.probe.val or "-")]
             _print(lines)
             hint = hint_for(error)
-            print(f"FAILED: {type(error).__name__}: {error}", file=sys.stderr)
+            print(f"FAILED: {type(error).__name__}: {' '.join(str(error).split())[:300]}", file=sys.stderr)
             if hint:
                 print(f"hint: {hint}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -140,6 +131,29 @@ class CheckCLI(PlkitCLI):
         """A check never tests."""
 
 
+def memory_format(model: pl.LightningModule, datamodule: pl.LightningDataModule | None) -> str:
+    """``channels_last`` or ``contiguous``, from the model's and the data module's ``channels_last`` settings.
+
+    Example:
+        >>> from plkit.models import ImageClassifier
+        >>> memory_format(ImageClassifier(channels_last=True), None)
+        'channels_last (model channels_last=True)'
+    """
+    settings = {"model": _setting(model)}
+    if datamodule is not None:
+        settings["data"] = _setting(datamodule)
+    given = {k: v for k, v in settings.items() if v is not None}
+    used = "channels_last" if any(given.values()) else "contiguous"
+    detail = "; ".join(f"{k} channels_last={v}" for k, v in given.items())
+    return f"{used} ({detail})" if detail else used
+
+
+def _setting(module: Any) -> bool | None:
+    hparams = getattr(module, "hparams", None) or {}
+    value = hparams.get("channels_last") if hasattr(hparams, "get") else None
+    return getattr(module, "channels_last", None) if value is None else bool(value)
+
+
 def _print(lines: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
@@ -148,4 +162,4 @@ def _print(lines: list[tuple[str, str]]) -> None:
 
 def run_check(argv: Sequence[str]) -> None:
     """Run ``plkit check ARGV``."""
-    CheckCLI(argv)
+    run_cli(argv, CheckCLI, parser_kwargs={"prog": "plkit check"})

@@ -16,11 +16,12 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from plkit.cli._errors import UsageError, did_you_mean
+from plkit.cli._files import write_atomically
 
 __all__ = [
     "Recipe",
@@ -35,13 +36,13 @@ __all__ = [
 SUFFIX = ".yaml"
 
 
-class RecipeNotFoundError(LookupError):
+class RecipeNotFoundError(UsageError, LookupError):
     """Raised for a recipe name that plkit does not ship."""
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One shipped recipe: its name, file and the one-line description from its header."""
+    """One shipped recipe: its name, file and the description from its header."""
 
     name: str
     path: Path
@@ -82,21 +83,30 @@ def recipe_path(name: str) -> Path:
     stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
     names = recipe_names()
     if stem not in names:
-        listing = ", ".join(names)
-        raise RecipeNotFoundError(f"no recipe is named {name!r}. Recipes: {listing} (see `plkit recipes list`)")
+        hint = did_you_mean(stem, names) or f"; the recipes are {', '.join(names)}"
+        raise RecipeNotFoundError(f"no recipe is named {name!r}{hint} (`plkit recipes list`)")
     return recipes_root() / f"{stem}{SUFFIX}"
 
 
 def describe(path: Path) -> str:
-    """Return a recipe's one-line description: its first header comment that is not the ``Run:`` line."""
+    """Return a recipe's description: the header comment paragraph after its ``Run:`` line, joined into one line.
+
+    The paragraph ends at an empty comment line (``#``) or at the first line that is not a comment.
+    """
+    words: list[str] = []
     with path.open(encoding="utf-8") as f:
         for line in f:
             if not line.startswith("#"):
                 break
             text = line.lstrip("#").strip()
-            if text and not text.lower().startswith("run:"):
-                return text
-    return ""
+            if text.lower().startswith("run:"):
+                continue
+            if not text:
+                if words:
+                    break
+                continue
+            words.append(text)
+    return " ".join(words)
 
 
 def list_recipes() -> list[Recipe]:
@@ -110,22 +120,16 @@ def copy_recipe(name: str, dest: str | Path | None = None, force: bool = False) 
 
     Raises:
         RecipeNotFoundError: for an unknown recipe name.
-        FileExistsError: if the destination exists and ``force`` is false.
+        UsageError: if the destination exists and ``force`` is false.
     """
     source = recipe_path(name)
     target = Path(dest) if dest is not None else Path(source.name)
     if target.is_dir():
         target = target / source.name
     if target.exists() and not force:
-        raise FileExistsError(f"{target} already exists; pass --force to overwrite it, or give another destination")
+        raise UsageError(f"{target} already exists; pass --force to overwrite it, or give another destination")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target, then rename: an interrupted copy never leaves a truncated recipe.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(source.read_text(encoding="utf-8"))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # An interrupted copy never leaves a truncated recipe.
+    text = source.read_text(encoding="utf-8")
+    write_atomically(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return target

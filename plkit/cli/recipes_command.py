@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import textwrap
 from collections.abc import Sequence
 
 from plkit.cli.recipes import copy_recipe, list_recipes, recipe_path
@@ -30,6 +32,7 @@ def run_recipes_command(argv: Sequence[str]) -> None:
     if args.verb == "list":
         recipes = list_recipes()
         width = max((len(r.name) for r in recipes), default=0)
+        columns = shutil.get_terminal_size((100, 24)).columns
         groups = (
             ("Recipes (plkit fit --config NAME):", [r for r in recipes if not r.is_overlay]),
             (
@@ -42,7 +45,11 @@ def run_recipes_command(argv: Sequence[str]) -> None:
                 continue
             print(title)
             for recipe in group:
-                print(f"  {recipe.name:<{width}}  {recipe.description}")
+                # The whole description, wrapped under itself: `  name   text ...` / `         ... text`.
+                lines = textwrap.wrap(recipe.description, max(40, columns - width - 4)) or [""]
+                print(f"  {recipe.name:<{width}}  {lines[0]}")
+                for line in lines[1:]:
+                    print(f"  {'':<{width}}  {line}")
     elif args.verb == "show":
         print(recipe_path(args.name).read_text(encoding="utf-8"), end="")
     else:

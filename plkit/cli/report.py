@@ -4,7 +4,8 @@ Each run folder gets ``report.png`` (loss, accuracy, learning rate and gradient 
 ``report.txt`` (checkpoints, best monitored value, test metrics, epochs, steps, training wall time). With
 several runs the summaries are printed side by side; ``--output FILE.png`` also writes that comparison,
 with every run overlaid in one picture, to ``FILE.png`` and ``FILE.txt``. Nothing is written outside the run
-folders unless ``--output`` names the place. It needs matplotlib but not torch.
+folders unless ``--output`` names the place. A recipe's folder (``runs/mnist``) means its newest run, the one
+whose ``config.yaml`` a fit wrote last. It needs matplotlib but not torch.
 
 A run folder holds one event file per session: the fit, a ``--ckpt_path last`` resume (which appends a new
 session to the same folder), and each later ``plkit test`` or ``plkit validate``. The report reads them so:
@@ -255,6 +256,22 @@ def _checkpoint_step(
     return None, f"{name}, the last training step before it"
 
 
+def newest_run(folder: Path) -> Path | None:
+    """The run inside a recipe's folder (``runs/mnist``) that a fit started or resumed last, or ``None``.
+
+    Example:
+        >>> import tempfile
+        >>> recipe = Path(tempfile.mkdtemp())
+        >>> for version in ("version_0", "version_1"):
+        ...     _ = (recipe / version).mkdir(), (recipe / version / "config.yaml").write_text("{}")
+        >>> newest_run(recipe).name
+        'version_1'
+    """
+    configs = [p for p in folder.glob("*/config.yaml") if p.is_file()]
+    newest = max(configs, key=lambda p: (p.stat().st_mtime_ns, p.parent.name), default=None)
+    return None if newest is None else newest.parent
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read a run folder into a :class:`Run`, or raise :class:`UsageError` naming what is missing.
 
@@ -467,7 +484,9 @@ def make_report(run_dir: str | Path) -> list[str]:
 def run_report_command(argv: Sequence[str]) -> None:
     """Run ``plkit report RUN [RUN ...] [--output FILE.png]``."""
     parser = argparse.ArgumentParser(prog="plkit report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN", help=f"a run folder, e.g. {RUN_EXAMPLE}")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help=f"a run folder, e.g. {RUN_EXAMPLE}, or a recipe's (its newest run)"
+    )
     parser.add_argument(
         "--output", type=Path, help="also write the runs overlaid in one picture to this .png, and their table to .txt"
     )
@@ -478,8 +497,14 @@ def run_report_command(argv: Sequence[str]) -> None:
     if output is not None and not output.parent.is_dir():
         raise UsageError(f"--output {output}: the folder {output.parent} does not exist; create it first")
     _needs_matplotlib()
+    paths = []
+    for given in map(Path, args.runs):
+        newest = newest_run(given) if given.is_dir() and not any(given.glob("events.out.tfevents.*")) else None
+        if newest is not None:
+            print(f"plkit report: {given} holds runs; reporting the newest, {newest}")
+        paths.append(newest or given)
     # Read every run before writing anything, so a bad folder in the list leaves no report half made.
-    runs = [load_run(path) for path in dict.fromkeys(args.runs)]
+    runs = [load_run(path) for path in dict.fromkeys(paths)]
     if len({run.label for run in runs}) < len(runs):
         for run in runs:
             run.label = str(run.path)

@@ -3,7 +3,8 @@
 Lightning's DDP launcher re-runs this script in the second process, so it cannot run under pytest itself. It does:
 
 1. EmbeddingWriter on 1,001 samples with Lightning's own (interleaving, non-padding) sampler: npy with integer
-   ids, and tsv with string ids, into ``OUT/ddp_npy`` and ``OUT/ddp_tsv``.
+   ids, string labels and the projector files (into ``OUT``, the log folder), and tsv with string ids, into
+   ``OUT/ddp_npy`` and ``OUT/ddp_tsv``.
 2. EmbeddingWriter behind a user's ``DistributedSampler``, which pads 1,001 samples to 1,002 by repeating one,
    into ``OUT/ddp_padded``.
 3. Every callback ``plkit.callbacks`` exports, built from its recipe entry, through fit, validate, test and
@@ -61,9 +62,10 @@ def main(out: Path) -> None:
     sys.addaudithook(audit)
     data = PointDataset(1001, seed=3)
     loader = DataLoader(data, batch_size=50)
-    for fmt, id_key in (("npy", "sku"), ("tsv", "name")):
-        writer = EmbeddingWriter(out / f"ddp_{fmt}", id_key=id_key, format=fmt)
-        trainer(out, [writer]).predict(TinyModel(), loader, return_predictions=False)
+    writer = EmbeddingWriter(out / "ddp_npy", id_key="sku", label_key="name", projector=True)
+    trainer(out, [writer]).predict(TinyModel(), loader, return_predictions=False)
+    writer = EmbeddingWriter(out / "ddp_tsv", id_key="name", format="tsv")
+    trainer(out, [writer]).predict(TinyModel(), loader, return_predictions=False)
 
     t = trainer(out, [EmbeddingWriter(out / "ddp_padded", id_key="sku")], use_distributed_sampler=False)
     sampler = DistributedSampler(data, num_replicas=2, rank=int(os.environ.get("LOCAL_RANK", 0)), shuffle=False)

@@ -70,9 +70,30 @@ def test_state_survives_a_checkpoint(cls: type[Callback], tmp_path: Path) -> Non
     restored = build(cls, tmp_path)
     restored.load_state_dict(saved.get(callback.state_key, {}))
     assert restored.state_dict() == state
-    # And through the trainer: resuming continues with it.
-    resumed = build(cls, tmp_path)
-    trainer(tmp_path, resumed, max_epochs=3).fit(TinyModel(n=16), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    # And through the trainer: resuming loads it before training goes on, for one more epoch.
+    resumed, probe = build(cls, tmp_path), StateAtTrainStart()
+    t = trainer(tmp_path, resumed, max_epochs=3)
+    t.callbacks.append(probe)
+    probe.watched = resumed
+    t.fit(TinyModel(n=16), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert probe.state == state
+    assert (t.current_epoch, t.global_step) == (3, 6)  # 2 steps an epoch
+
+
+class StateAtTrainStart(Callback):
+    """Records another callback's state when training (re)starts, after Lightning restored the checkpoint."""
+
+    watched: Callback
+    state: dict | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.state = self.watched.state_dict()
+
+
+def expected_loss(seed: int, model: TinyModel) -> float:
+    """The mean MSE of ``model`` over its two loader batches of 8 (of 16 samples), computed directly."""
+    with torch.no_grad():
+        return sum(model._loss(batch).item() for batch in model._loader(seed)) / 2
 
 
 @pytest.mark.parametrize("cls", CALLBACKS, ids=lambda c: c.__name__)
@@ -81,9 +102,9 @@ def test_every_stage_then_a_second_fit(cls: type[Callback], tmp_path: Path) -> N
     model = TinyModel(n=16)
     t = trainer(tmp_path, callback, max_epochs=2)
     t.fit(model)
-    assert t.validate(model, verbose=False)[0]["val_loss"] >= 0
-    assert t.test(model, verbose=False)[0]["test_loss"] >= 0
-    t.predict(model, return_predictions=False)
+    assert t.validate(model, verbose=False)[0]["val_loss"] == pytest.approx(expected_loss(1, model), rel=1e-5)
+    assert t.test(model, verbose=False)[0]["test_loss"] == pytest.approx(expected_loss(2, model), rel=1e-5)
+    assert t.predict(model, return_predictions=False) is None
     second = trainer(tmp_path / "second", callback, max_epochs=2)
     second.fit(TinyModel(n=16))
     assert second.current_epoch == 2

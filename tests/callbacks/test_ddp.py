@@ -19,6 +19,8 @@ from callback_helpers import PointDataset, TinyModel, quiet
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 
+pytestmark = pytest.mark.integration  # starts two processes
+
 
 @pytest.fixture(scope="module")
 def ddp_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -51,7 +53,23 @@ def test_npy_equals_single_process(ddp_out: Path, single: Path) -> None:
             np.load(ddp_out / name / "embeddings.npy"), np.load(single / "npy" / "embeddings.npy")
         )
         np.testing.assert_array_equal(np.load(ddp_out / name / "ids.npy"), 1000 + 7 * np.arange(1001))
-        assert sorted(p.name for p in (ddp_out / name).iterdir()) == ["embeddings.npy", "ids.npy", "manifest.json"]
+    assert sorted(p.name for p in (ddp_out / "ddp_npy").iterdir()) == [
+        "embeddings.npy",
+        "ids.npy",
+        "labels.txt",
+        "manifest.json",
+    ]
+    assert (ddp_out / "ddp_npy" / "labels.txt").read_text().splitlines() == [f"item-{i}" for i in range(1001)]
+    assert sorted(p.name for p in (ddp_out / "ddp_padded").iterdir()) == ["embeddings.npy", "ids.npy", "manifest.json"]
+
+
+def test_projector_written_once_by_rank_zero(ddp_out: Path, single: Path) -> None:
+    folder = ddp_out / "projector" / "embeddings"
+    tensor = np.loadtxt(folder / "tensor.tsv", dtype=np.float32)
+    np.testing.assert_array_equal(tensor, np.load(single / "npy" / "embeddings.npy"))
+    metadata = (folder / "metadata.tsv").read_text().splitlines()
+    assert metadata == ["sku\tname"] + [f"{1000 + 7 * i}\titem-{i}" for i in range(1001)]
+    assert "tensor_shape: 1001\n  tensor_shape: 3\n" in (ddp_out / "projector_config.pbtxt").read_text()
 
 
 def test_tsv_equals_single_process(ddp_out: Path, single: Path) -> None:

@@ -11,10 +11,11 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from plkit.callbacks import EmbeddingWriter
-from plkit.callbacks.embedding_writer import _ShardReader, _ShardWriter, _tsv_lines, _write_result
+from plkit.callbacks._embedding_store import ShardReader, ShardWriter, tsv, write_result
 
 from callback_helpers import PointDataset, TinyModel, quiet
 
@@ -119,11 +120,11 @@ def test_repeated_samples_written_once(tmp_path: Path, fmt: str) -> None:
 def shard(folder: Path, keys: list[int], kind: str | None) -> None:
     """Write one rank's shard by hand: row k holds the value k in every column; ids are 10k or 'k<k>'."""
     folder.mkdir(parents=True)
-    writer = _ShardWriter(folder, np.dtype(np.float32), 2, kind)
     arr = np.asarray(keys, dtype=np.int64)
-    ids = {None: None, "int": arr * 10, "str": [f"k{k}" for k in keys]}[kind]
-    writer.append(np.repeat(arr[:, None], 2, axis=1).astype(np.float32), arr, ids)
-    writer.close()
+    columns = {} if kind is None else {"ids": arr * 10 if kind == "int" else [f"k{k}" for k in keys]}
+    writer = ShardWriter(folder, np.float32, 2, {} if kind is None else {"ids": kind})
+    writer.append(np.repeat(arr[:, None], 2, axis=1).astype(np.float32), arr, columns)
+    writer.close({})
 
 
 @pytest.mark.parametrize("kind", [None, "int", "str"])
@@ -132,9 +133,11 @@ def test_merge_interleaved_ranks_with_padding(tmp_path: Path, kind: str | None, 
     # Two ranks of a padded DistributedSampler over 7 samples: rank 1 repeats sample 0 at its end.
     shard(tmp_path / "rank0", [0, 2, 4, 6], kind)
     shard(tmp_path / "rank1", [1, 3, 5, 0], kind)
-    readers = [_ShardReader(tmp_path / f"rank{r}") for r in range(2)]
-    manifest = _write_result(tmp_path, readers, fmt, None if kind is None else "id", 2, True)
-    assert (manifest["rows"], manifest["duplicates_dropped"]) == (7, 1)
+    readers = [ShardReader(tmp_path / f"rank{r}") for r in range(2)]
+    files = {"values": f"embeddings.{fmt}"}
+    if fmt == "npy":
+        files["ids"] = "ids.txt" if kind == "str" else "ids.npy"
+    assert write_result(tmp_path, readers, files, indexed=True) == 7  # of 8 rows: the repeat is dropped
     want_ids = {None: [str(k) for k in range(7)], "int": [str(10 * k) for k in range(7)]}.get(
         kind, [f"k{k}" for k in range(7)]
     )
@@ -149,6 +152,7 @@ def test_merge_interleaved_ranks_with_padding(tmp_path: Path, kind: str | None, 
         got, values = read_tsv(tmp_path / "embeddings.tsv")
         np.testing.assert_array_equal(values, np.repeat(np.arange(7)[:, None], 2, axis=1))
     assert got == want_ids
+    assert not list(tmp_path.glob(".*.partial"))
 
 
 def test_tsv_values_read_back_exactly() -> None:
@@ -156,7 +160,7 @@ def test_tsv_values_read_back_exactly() -> None:
     rng = np.random.default_rng(0)
     rows = np.concatenate([np.array([special], np.float32), rng.standard_normal((50, 9)).astype(np.float32) * 1e3])
     rows[5, 2], rows[7, 0], rows[9, 8] = np.nan, np.inf, -np.inf
-    text = _tsv_lines(rows, [b"%d" % i for i in range(len(rows))]).decode()
+    text = b"".join(tsv(rows, [b"%d" % i for i in range(len(rows))])).decode()
     assert "[" not in text
     assert text.splitlines()[0].split("\t")[:3] == ["0", "+0.00000000e+00", "-0.00000000e+00"]
     back = np.loadtxt(text.splitlines(), dtype=np.float64)
@@ -242,9 +246,9 @@ def test_bad_predictions_fail_at_first_batch(tmp_path: Path, output: Any, error:
 @pytest.mark.parametrize(
     ("id_key", "batch_change", "error", "match"),
     [
-        ("missing", None, ValueError, r"id_key='missing'.*no such key"),
-        ("sku", lambda b: {**b, "sku": b["sku"][:-1]}, ValueError, "7 ids for 8 prediction rows"),
-        ("sku", lambda b: {**b, "sku": b["sku"].float()}, TypeError, "integer or string ids"),
+        ("missing", None, ValueError, r"id_key='missing'\): neither the prediction nor the batch has this key"),
+        ("sku", lambda b: {**b, "sku": b["sku"][:-1]}, ValueError, r"batch\['sku'\] holds 7 values for 8 prediction"),
+        ("sku", lambda b: {**b, "sku": b["sku"].float()}, TypeError, "must hold integers or strings"),
         ("name", lambda b: {**b, "name": ["a\nb"] * len(b["name"])}, ValueError, "line break"),
     ],
 )
@@ -320,6 +324,8 @@ def test_several_dataloaders_rejected(tmp_path: Path) -> None:
         ({"write_interval": "epoch"}, "write_interval='epoch'.*use 'batch'"),
         ({"format": "csv"}, r"format='csv'.*\['npy', 'tsv'\]"),
         ({"dtype": "int8"}, r"dtype='int8'.*\['float32', 'float16', 'float64'\]"),
+        ({"prediction_key": "ids"}, r"prediction_key='ids'\) also names the result file"),
+        ({"prediction_key": "../up"}, r"prediction_key='../up'\) also names the result file"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
@@ -339,3 +345,116 @@ def test_no_batches_leaves_no_shards(tmp_path: Path) -> None:
     writer = EmbeddingWriter(tmp_path / "out")
     pl.Trainer(callbacks=[writer], **quiet(tmp_path, limit_predict_batches=0)).predict(TinyModel(n=N))
     assert os.listdir(tmp_path / "out") == []
+
+
+class Labelled(TinyModel):
+    """``predict_step`` also returns a class per row and its own ids, which take precedence over the batch's."""
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        rows = self(batch["x"])
+        return {"probabilities": rows, "class": (rows[:, 0] > 0).long(), "sku": batch["sku"] + 1}
+
+
+@pytest.mark.parametrize("fmt", ["npy", "tsv"])
+def test_labels_and_ids_from_the_prediction_or_the_batch(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / "out"
+    writer = EmbeddingWriter(out, id_key="sku", prediction_key="probabilities", label_key="class", format=fmt)
+    pl.Trainer(callbacks=[writer], **quiet(tmp_path)).predict(Labelled(n=N), return_predictions=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["id_source"], manifest["label_source"]) == ("prediction['sku']", "prediction['class']")
+    assert (manifest["label_type"], manifest["files"]["labels"]) == ("int", "labels.npy")
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), (expected()[:, 0] > 0).astype(np.int64))
+    want_ids = 1001 + 7 * np.arange(N)  # the prediction's ids, not the batch's
+    if fmt == "npy":
+        assert sorted(os.listdir(out)) == ["ids.npy", "labels.npy", "manifest.json", "probabilities.npy"]
+        np.testing.assert_array_equal(np.load(out / "probabilities.npy"), expected())
+        np.testing.assert_array_equal(np.load(out / "ids.npy"), want_ids)
+    else:
+        assert sorted(os.listdir(out)) == ["labels.npy", "manifest.json", "probabilities.tsv"]
+        ids, values = read_tsv(out / "probabilities.tsv")
+        assert ids == [str(i) for i in want_ids]
+        np.testing.assert_array_equal(values.astype(np.float32), expected())
+
+
+@pytest.mark.filterwarnings("ignore:Your `predict_dataloader`'s sampler has shuffling enabled")
+def test_string_labels_from_the_batch_in_dataset_order(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    loader = DataLoader(PointDataset(N, seed=3), batch_size=8, shuffle=True)
+    predict(tmp_path, EmbeddingWriter(tmp_path / "out", label_key="name"), loader)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["label_source"], manifest["label_type"]) == ("batch['name']", "str")
+    assert (tmp_path / "out" / "labels.txt").read_text().splitlines() == [f"item-{i}" for i in range(N)]
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "ids.npy"), np.arange(N))
+
+
+def test_missing_label_fails_at_first_batch(tmp_path: Path) -> None:
+    model = Counting()
+    with pytest.raises(ValueError, match=r"label_key='class'\): neither the prediction nor the batch has this key"):
+        pl.Trainer(callbacks=[EmbeddingWriter(tmp_path / "out", label_key="class")], **quiet(tmp_path)).predict(
+            model, return_predictions=False
+        )
+    assert model.calls == 1
+    assert_no_result(tmp_path / "out")
+
+
+def test_projector_files_in_the_log_dir(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path / "runs", name="demo")
+    writer = EmbeddingWriter(tmp_path / "out", "batch", "name", "probabilities", "class", projector=True)
+    trainer = pl.Trainer(callbacks=[writer], **quiet(tmp_path, logger=logger))
+    trainer.predict(Labelled(n=N), return_predictions=False)
+    log_dir = Path(trainer.log_dir)
+    assert log_dir == tmp_path / "runs" / "demo" / "version_0"
+    assert list(log_dir.glob("events.out.tfevents.*")), "TensorBoard lists the log folder as a run"
+    folder = log_dir / "projector" / "probabilities"
+    assert sorted(os.listdir(folder)) == ["embedding.pbtxt", "metadata.tsv", "tensor.tsv"]
+    np.testing.assert_array_equal(np.loadtxt(folder / "tensor.tsv", dtype=np.float32), expected())
+    metadata = [line.split("\t") for line in (folder / "metadata.tsv").read_text().splitlines()]
+    labels = (expected()[:, 0] > 0).astype(int)
+    assert metadata == [["name", "class"]] + [[f"item-{i}", str(labels[i])] for i in range(N)]
+    config = (log_dir / "projector_config.pbtxt").read_text()
+    assert 'tensor_path: "projector/probabilities/tensor.tsv"' in config
+    assert "tensor_shape: 45\n  tensor_shape: 3\n" in config
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["projector"] == {
+        "config": str(log_dir / "projector_config.pbtxt"),
+        "tensor": str(folder / "tensor.tsv"),
+    }
+
+
+def test_projector_lists_every_embedding_and_refuses_a_foreign_config(tmp_path: Path) -> None:
+    for key in ("embeddings", "probabilities"):
+        writer = EmbeddingWriter(tmp_path / key, prediction_key=key, projector=True)
+        pl.Trainer(callbacks=[writer], **quiet(tmp_path)).predict(Both(n=N), return_predictions=False)
+    config = (tmp_path / "projector_config.pbtxt").read_text()  # logger=False: the log folder is the root dir
+    assert [line for line in config.splitlines() if "tensor_name" in line] == [
+        '  tensor_name: "embeddings"',
+        '  tensor_name: "probabilities"',
+    ]
+    metadata = (tmp_path / "projector" / "embeddings" / "metadata.tsv").read_text().splitlines()
+    assert metadata == [str(i) for i in range(N)]  # one column, the dataset index: no header line
+    with pytest.raises(ValueError, match=r"projector/embeddings' holds a previous projector result.*overwrite=True"):
+        predict(tmp_path, EmbeddingWriter(tmp_path / "again", projector=True))
+    (tmp_path / "projector_config.pbtxt").write_text("embeddings {}\n")
+    with pytest.raises(ValueError, match=r"projector_config.pbtxt' was not written by EmbeddingWriter"):
+        predict(tmp_path, EmbeddingWriter(tmp_path / "third", projector=True, overwrite=True))
+    assert not (tmp_path / "third").exists()
+
+
+class Both(TinyModel):
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        rows = self(batch["x"])
+        return {"embeddings": rows, "probabilities": rows.softmax(dim=1)}
+
+
+def test_failure_while_writing_leaves_no_result_and_no_projector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("plkit.callbacks._embedding_store.write_result", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        predict(tmp_path, EmbeddingWriter(tmp_path / "out", label_key="name", projector=True))
+    assert_no_result(tmp_path / "out")
+    assert not (tmp_path / "projector_config.pbtxt").exists()
+    assert list((tmp_path / "projector").rglob("*")) == [tmp_path / "projector" / "embeddings"]  # empty

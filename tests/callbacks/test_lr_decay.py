@@ -8,11 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from plkit.callbacks import LRDecay
 
-from callback_helpers import TinyModel, quiet
+from callback_helpers import RecordingLogger, TinyModel, quiet
 
 
 class RateRecorder(Callback):
@@ -79,8 +79,33 @@ class TwoOptimizers(TinyModel):
 
 
 def test_all_optimizers(tmp_path: Path) -> None:
-    trainer = fit(tmp_path, TwoOptimizers(), LRDecay(gamma=0.5), max_epochs=3)
-    assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([0.05, 0.005], rel=1e-12)
+    recorder = RateRecorder()
+    trainer = fit(tmp_path, TwoOptimizers(), LRDecay(gamma=0.5), recorder, max_epochs=3)
+    # Both optimizers step each batch: 8 hook calls per epoch, the rates of both in each.
+    assert [recorder.rates[8 * e] for e in range(3)] == [pytest.approx([0.2 * 0.5**e, 0.02 * 0.5**e]) for e in range(3)]
+    # After the last epoch the optimizers hold the rate of the next, as after a scheduler's step.
+    assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([0.025, 0.0025], rel=1e-12)
+
+
+@pytest.mark.parametrize("monitor_first", [True, False])
+@pytest.mark.parametrize(("interval", "every_n"), [("epoch", 1), ("step", 3)])
+def test_monitor_logs_the_rate_in_use_in_either_order(
+    tmp_path: Path, monitor_first: bool, interval: str, every_n: int
+) -> None:
+    recorder, logger = RateRecorder(), RecordingLogger()
+    monitor = LearningRateMonitor(logging_interval=interval)
+    decay = LRDecay(gamma=0.5, interval=interval, every_n=every_n)
+    callbacks = [monitor, decay] if monitor_first else [decay, monitor]
+    fit(tmp_path, TinyModel(lr=0.1, n=32), *callbacks, recorder, max_epochs=3, logger=logger, log_every_n_steps=1)
+    logged = logger.series("lr-SGD")
+    used = [rates[0] for rates in recorder.rates]  # one per optimizer step; the logger's step counts them too
+    if interval == "epoch":
+        assert [step for step, _ in logged] == [0, 4, 8]
+        assert [rate for _, rate in logged] == pytest.approx([0.1, 0.05, 0.025], rel=1e-12)
+    else:
+        assert [step for step, _ in logged] == list(range(12))
+        assert used == pytest.approx([0.1 * 0.5 ** (s // 3) for s in range(12)], rel=1e-12)
+    assert [rate for step, rate in logged] == [used[step] for step, _ in logged]
 
 
 class WithScheduler(TinyModel):
@@ -103,20 +128,25 @@ def test_resume_equals_straight_run(tmp_path: Path, interval: str) -> None:
         return LRDecay(gamma=0.7, interval=interval, every_n=1 if interval == "epoch" else 3)
 
     torch.manual_seed(0)
-    straight = TinyModel(n=32)
-    trainer = fit(tmp_path / "a", straight, decay(), max_epochs=4)
+    straight, straight_rates = TinyModel(n=32), RateRecorder()
+    trainer = fit(tmp_path / "a", straight, decay(), straight_rates, max_epochs=4)
     straight_lr = trainer.optimizers[0].param_groups[0]["lr"]
 
-    # The checkpoint is taken by ModelCheckpoint after validation, before the epoch-end hooks.
+    # ModelCheckpoint saves after validation, before this epoch's decay: the resumed run must catch up at its start.
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     torch.manual_seed(0)
     fit(tmp_path / "b", TinyModel(n=32), decay(), ckpt_cb, max_epochs=2, enable_checkpointing=True)
-    resumed = TinyModel(n=32)
-    callback = decay()
-    trainer = fit(tmp_path / "b", resumed, callback, max_epochs=4, ckpt=tmp_path / "ckpt" / "last.ckpt")
+    resumed, rates, logger = TinyModel(n=32), RateRecorder(), RecordingLogger()
+    callbacks = [LearningRateMonitor(logging_interval=interval), decay(), rates]  # the monitor before the decay
+    last = tmp_path / "ckpt" / "last.ckpt"
+    trainer = fit(tmp_path / "b", resumed, *callbacks, max_epochs=4, ckpt=last, logger=logger, log_every_n_steps=1)
 
     assert trainer.optimizers[0].param_groups[0]["lr"] == straight_lr
-    assert straight_lr == pytest.approx(0.05 * 0.7 ** (3 if interval == "epoch" else 16 // 3), rel=1e-12)
+    assert straight_lr == pytest.approx(0.05 * 0.7 ** (4 if interval == "epoch" else 16 // 3), rel=1e-12)
+    assert rates.rates == straight_rates.rates[8:]  # epochs 2 and 3 ran at the same rates, step by step
+    logged = logger.series("lr-SGD")
+    assert logged[0] == (8, straight_rates.rates[8][0])  # the first resumed step logs the rate it uses
+    assert [rate for _, rate in logged] == [straight_rates.rates[step][0] for step, _ in logged]
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -133,7 +163,8 @@ def test_state_dict_round_trip() -> None:
     assert decay.state_dict() == {}
     decay.load_state_dict({"decays_applied": 7})
     assert decay.state_dict() == {"decays_applied": 7}
-    assert decay.state_key == "LRDecay{'gamma': 0.9, 'interval': 'step', 'every_n': 5}"
+    assert decay.state_key == "LRDecay{'gamma': 0.9, 'interval': 'step', 'every_n': 5, 'min_lr': 0.0}"
+    assert LRDecay(gamma=0.9, min_lr=1e-5).state_key != LRDecay(gamma=0.9).state_key
     other = LRDecay(gamma=0.9, interval="step", every_n=5)
     other.load_state_dict({})  # an older checkpoint without the key
     assert other.state_dict() == {}

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from plkit.callbacks import ProgressNotifier
 
@@ -91,35 +93,94 @@ def test_step_bounded_run(tmp_path: Path, lines: list[str]) -> None:
 
 
 class Failing(TinyModel):
-    def __init__(self, error: type[BaseException]) -> None:
+    """Calls ``stop()`` at the third batch of the second epoch."""
+
+    def __init__(self, stop: Any) -> None:
         super().__init__(n=32)
-        self.error = error
+        self.stop = stop
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self.current_epoch == 1 and batch_idx == 2:
-            raise self.error("stop here")
+            self.stop()
         return super().training_step(batch, batch_idx)
+
+
+def raise_value_error() -> None:
+    raise ValueError("stop here")
 
 
 def test_exception_marks_failed(tmp_path: Path) -> None:
     status = tmp_path / "status.json"
     with pytest.raises(ValueError, match="stop here"):
-        fit(tmp_path, Failing(ValueError), ProgressNotifier(status_file=status), max_epochs=3)
+        fit(tmp_path, Failing(raise_value_error), ProgressNotifier(status_file=status), max_epochs=3)
     final = json.loads(status.read_text())
     assert (final["state"], final["epoch"], final["step"]) == ("failed", 1, 6)
     assert final["error"] == "ValueError: stop here"
 
 
+@pytest.fixture
+def restore_signal_handlers() -> Iterator[None]:
+    """Lightning ignores further Ctrl+C after the first; put the handlers back for the next tests."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.usefixtures("restore_signal_handlers")
 def test_ctrl_c_marks_interrupted(tmp_path: Path) -> None:
     status = tmp_path / "status.json"
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit):  # Lightning handles KeyboardInterrupt, then exits with status 1
-            fit(tmp_path, Failing(KeyboardInterrupt), ProgressNotifier(status_file=status), max_epochs=3)
-    finally:
-        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl+C after the first
+    with pytest.raises(SystemExit) as stopped:  # Lightning handles KeyboardInterrupt, then exits with status 1
+        fit(tmp_path, Failing(lambda: os.kill(os.getpid(), signal.SIGINT)), ProgressNotifier(status_file=status))
+    assert stopped.value.code == 1
     final = json.loads(status.read_text())
     assert (final["state"], final["epoch"], final["error"]) == ("interrupted", 1, None)
+
+
+@pytest.mark.usefixtures("restore_signal_handlers")
+def test_sigterm_marks_interrupted(tmp_path: Path) -> None:
+    status = tmp_path / "status.json"
+    # Lightning's handler notes the signal; the loop raises SIGTERMException (a SystemExit) at the end of the batch.
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, Failing(lambda: os.kill(os.getpid(), signal.SIGTERM)), ProgressNotifier(status_file=status))
+    final = json.loads(status.read_text())
+    assert (final["state"], final["epoch"], final["step"], final["error"]) == ("interrupted", 1, 7, None)
+
+
+class BadLearningRate(TinyModel):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=-0.1)
+
+
+class FailsAtFitEnd(Callback):
+    """Placed after the notifier, whose on_fit_end has already written "finished"."""
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        raise RuntimeError("upload failed")
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "match"),
+    [
+        ("bad learning rate", ValueError, "Invalid learning rate: -0.1"),
+        ("missing checkpoint", FileNotFoundError, "missing.ckpt"),
+        ("unreadable checkpoint", pickle.UnpicklingError, "Weights only load failed"),
+        ("failure after finished", RuntimeError, "upload failed"),
+    ],
+)
+def test_failure_before_or_after_training_marks_failed(tmp_path: Path, case: str, error: type, match: str) -> None:
+    status = tmp_path / "status.json"
+    model = BadLearningRate(n=16) if case == "bad learning rate" else TinyModel(n=16)
+    ckpt = {"missing checkpoint": tmp_path / "missing.ckpt", "unreadable checkpoint": tmp_path / "bad.ckpt"}.get(case)
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    callbacks = [ProgressNotifier(status_file=status), *([FailsAtFitEnd()] if case == "failure after finished" else [])]
+    trainer = pl.Trainer(callbacks=callbacks, **quiet(tmp_path, max_epochs=1, limit_val_batches=1))
+    with pytest.raises(error, match=match) as raised:
+        trainer.fit(model, ckpt_path=ckpt)
+    final = json.loads(status.read_text())
+    assert final["state"] == "failed"
+    assert final["error"] == f"{type(raised.value).__name__}: {raised.value}"
+    assert final["epoch"] == (1 if case == "failure after finished" else 0)
 
 
 def test_failure_outside_fit_leaves_status_alone(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ Lightning logged and what its checkpoints hold.
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -237,7 +238,10 @@ def test_several_runs_are_overlaid_and_tabled_with_files_only_where_named(
     [
         (lambda tmp: tmp / "absent", "is not a folder: give a run folder such as runs/mnist/version_0"),
         (lambda tmp: tmp, "holds no TensorBoard event files: give a run folder such as runs/mnist/version_0"),
-        (lambda tmp: tmp / "runs" / "demo", "holds no TensorBoard event files: its runs: version_0"),
+        (
+            lambda tmp: (tmp / "runs" / "other" / "version_0").mkdir(parents=True) or tmp / "runs" / "other",
+            "holds no TensorBoard event files: its runs: version_0",
+        ),
         (lambda tmp: (tmp / "runs" / "demo" / "version_0" / "config.yaml").unlink(), "config.yaml is missing"),
         (lambda tmp: (tmp / "runs" / "demo" / "version_0" / "config.yaml").write_text("[1, 2"), "cannot read"),
     ],
@@ -251,6 +255,20 @@ def test_report_on_what_is_not_a_run(
     (line,) = err.splitlines()
     assert message in line
     assert not list(resumed_run.glob("report*")), "a good run given first gets no report when a later one is bad"
+
+
+def test_a_recipes_folder_means_its_newest_run(
+    tmp_path: Path, resumed_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    older = tmp_path / "runs" / "demo" / "version_1"
+    write_config(older)
+    fit_session(older, T0, range(4), 4, loss=3.0, accs=[0.25])
+    os.utime(older / "config.yaml", (T0, T0))  # version_1's fit started before version_0's resume
+    code, out, err = run(["report", str(tmp_path / "runs" / "demo")], capsys)
+    assert code == 0, err
+    assert f"reporting the newest, {resumed_run}" in out.splitlines()[0]
+    assert (resumed_run / "report.png").is_file()
+    assert not (older / "report.png").exists()
 
 
 def test_report_refuses_a_folder_with_tests_only_and_a_bad_output(
