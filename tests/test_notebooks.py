@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 
 from fakedata import make_mnist
 
-pytestmark = pytest.mark.notebook
+pytestmark = [pytest.mark.notebook, pytest.mark.integration]  # each runs a Jupyter kernel process
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 N_TRAIN, N_TEST = 320, 64

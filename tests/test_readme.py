@@ -88,6 +88,7 @@ def run_plkit(words: list[str]) -> None:
     assert code == 0, f"plkit {shlex.join(words)} exited with {code}"
 
 
+@pytest.mark.integration  # every command, DDP and torchrun ones in their own processes
 def test_every_readme_command_runs(
     tmp_path: Path, tiny_overlay: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

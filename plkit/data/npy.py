@@ -2,18 +2,143 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 from typing_extensions import override
 
-from plkit.data._loaders import BatchLoaders
-from plkit.data._npy_rows import DTYPES, NpyRows
+from plkit.data.batches import ID, INPUT, TARGET, BatchDataModule, DatasetFormatError, DatasetNotFoundError
 
-__all__ = ["NpyDataModule", "NpySplit"]
+__all__ = ["NpyDataModule", "NpyRows", "NpySplit", "open_npy"]
+
+#: numpy dtype kinds a model can take: booleans, integers, floats.
+_NUMBERS = "biuf"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def open_npy(path: str | Path, role: str) -> np.ndarray:
+    """Memory-map a ``.npy`` file (only its header is read now).
+
+    Args:
+        path: the file.
+        role: what the file holds (``"features"``, ``"targets"``, ``"ids"``), for messages.
+
+    Raises:
+        DatasetNotFoundError: there is no such file.
+        DatasetFormatError: it is not a ``.npy`` file, or it holds Python objects (which cannot be memory-mapped).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetNotFoundError(f"the {role} file {path} does not exist: check the path (it is read as given)")
+    with path.open("rb") as file:
+        if file.read(6) != b"\x93NUMPY":
+            raise DatasetFormatError(f"{path} ({role}) is not a .npy file (no NUMPY magic): save it with numpy.save")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise DatasetFormatError(
+            f"{path} ({role}) cannot be memory-mapped ({err}). Save it with numpy.save as a numeric array, "
+            "or as fixed-width strings (array.astype(str)) for ids; object arrays are not supported"
+        ) from err
+    if not isinstance(array, np.ndarray) or array.ndim == 0:
+        raise DatasetFormatError(f"{path} ({role}) is not an array with one row per sample: save one with numpy.save")
+    return array
+
+
+class NpyRows(Dataset):
+    """Selected rows of memory-mapped features, with optional targets and ids.
+
+    A batch is a dict: ``"input"`` (features, as ``dtype``), ``"target"`` (if there are targets: int64
+    for integer targets, float32 otherwise) and ``"id"`` (int64 tensor for integer ids, a list of
+    str for string ids, the row number when there are no ids).
+
+    Args:
+        features: path of the features ``.npy`` (``[N, ...]``).
+        targets: path of the targets ``.npy`` (``[N, ...]``) or ``None``.
+        ids: path of the ids ``.npy`` (``[N]``) or ``None``.
+        rows: the rows this dataset serves, in order; ``None`` for all.
+        dtype: the floating dtype features are cast to; ``None`` keeps the stored dtype.
+
+    Raises:
+        DatasetFormatError: the files do not have the same number of rows.
+    """
+
+    def __init__(
+        self,
+        features: Path,
+        targets: Path | None,
+        ids: Path | None,
+        rows: np.ndarray | None = None,
+        dtype: str | None = "float32",
+    ) -> None:
+        self.paths = {INPUT: features, TARGET: targets, ID: ids}
+        self.dtype = dtype
+        arrays = self._open()
+        n = len(arrays[INPUT])
+        for key, array in arrays.items():
+            if len(array) != n:
+                raise DatasetFormatError(
+                    f"{self.paths[key]} has {len(array)} rows but the features {features} have {n}: "
+                    "the features, targets and ids files must have one row per sample, in the same order"
+                )
+            if key == ID and (array.ndim != 1 or array.dtype.kind not in "iuUS"):
+                raise DatasetFormatError(
+                    f"{self.paths[key]} (ids) is {array.dtype} of shape {array.shape}: ids must be 1-d integers or "
+                    "strings, one per row"
+                )
+            if key != ID and array.dtype.kind not in _NUMBERS:
+                role = "features" if key == INPUT else "targets"
+                raise DatasetFormatError(
+                    f"{self.paths[key]} ({role}) holds {array.dtype} values, not numbers: save numbers "
+                    "(e.g. array.astype('float32'); class labels as integers 0..K-1), and pass string ids as ids="
+                )
+        self.rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+        self._arrays: dict[str, np.ndarray] | None = arrays
+
+    def _open(self) -> dict[str, np.ndarray]:
+        roles = {INPUT: "features", TARGET: "targets", ID: "ids"}
+        return {key: open_npy(path, roles[key]) for key, path in self.paths.items() if path is not None}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A memory map pickles as a full in-memory copy: worker processes re-open the files instead.
+        return {**self.__dict__, "_arrays": None}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
+        if self._arrays is None:
+            self._arrays = self._open()
+        rows = self.rows[np.asarray(indices, dtype=np.int64)]
+        # Read in file order (sequential I/O on a memory map), then put the rows back in batch order.
+        order = np.argsort(rows, kind="stable")
+        restore = np.empty_like(order)
+        restore[order] = np.arange(len(order))
+        sorted_rows = rows[order]
+        batch: dict[str, Any] = {}
+        for key, array in self._arrays.items():
+            values = np.ascontiguousarray(array[sorted_rows][restore])
+            batch[key] = self._to_batch(key, values)
+        if ID not in batch:
+            batch[ID] = torch.from_numpy(rows.copy())
+        return batch
+
+    def _to_batch(self, key: str, values: np.ndarray) -> Any:
+        if key == ID and values.dtype.kind in "US":
+            return [str(v) for v in values.astype(str)]
+        tensor = torch.from_numpy(values)
+        if key == INPUT:
+            return tensor.to(DTYPES[self.dtype]) if self.dtype else tensor
+        # Integer targets are class indices (int64 for cross-entropy); anything else is a float target.
+        return tensor.to(torch.int64) if values.dtype.kind in "iub" else tensor.to(torch.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {key: value[0] for key, value in self.__getitems__([index]).items()}
 
 
 @dataclass
@@ -43,7 +168,7 @@ def _split(value: NpySplit | Mapping[str, str] | None, name: str) -> NpySplit | 
     raise ValueError(f"{name}={value!r}: give NpySplit(features=..., targets=..., ids=...) or a dict with those keys")
 
 
-class NpyDataModule(BatchLoaders):
+class NpyDataModule(BatchDataModule):
     """Train, validate, test and predict on arrays saved with ``numpy.save``.
 
     The files are memory-mapped, so arrays larger than RAM work: a batch reads only its own rows.
@@ -80,6 +205,8 @@ class NpyDataModule(BatchLoaders):
         (torch.Size([4, 3]), ['a', 'b', 'c', 'd'])
     """
 
+    display_name: ClassVar[str] = "NpyDataModule"
+
     def __init__(
         self,
         features: str | Path,
@@ -93,13 +220,9 @@ class NpyDataModule(BatchLoaders):
         seed: int = 0,
         dtype: Literal["float32", "float64", "float16", "bfloat16"] | None = "float32",
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction!r}: give a fraction in [0, 1), e.g. 0.1 (0: no validation)")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}: it must be a positive integer, e.g. 256")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers={num_workers!r}: it must be an integer >= 0")
         if dtype is not None and dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}: choose one of {', '.join(map(repr, DTYPES))} or None (keep)")
         self.test = _split(test, "test")
@@ -112,11 +235,8 @@ class NpyDataModule(BatchLoaders):
             self.hparams[key] = None if split is None else asdict(split)
         self.features, self.targets, self.ids = _path(features), _path(targets), _path(ids)
         self.val_fraction = float(val_fraction)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.seed = seed
         self.dtype = dtype
-        self._splits: dict[str, NpyRows] = {}
 
     def _split_rows(self) -> None:
         full = NpyRows(self.features, self.targets, self.ids, dtype=self.dtype)
@@ -154,8 +274,6 @@ class NpyDataModule(BatchLoaders):
             )
 
     @override
-    def dataset(self, split: Literal["train", "val", "test", "predict"]) -> NpyRows:
-        """The rows of ``split`` (after :meth:`setup`)."""
-        if split not in self._splits:
-            raise RuntimeError(f"the {split!r} split is not loaded: call setup() first")
-        return self._splits[split]
+    def dataset(self, split: str) -> NpyRows:
+        """The rows of ``split`` (``"train"``, ``"val"``, ``"test"`` or ``"predict"``), after :meth:`setup`."""
+        return super().dataset(split)

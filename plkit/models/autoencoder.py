@@ -1,22 +1,23 @@
-"""``AutoEncoder``: an MLP encoder and decoder whose ``forward`` is the embedding (the notes' ``LitAutoEncoder``)."""
+"""``AutoEncoder``: an MLP encoder and decoder whose ``forward`` is the embedding."""
 
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-from plkit.models._batch import unpack_batch
-from plkit.models._optim import INTERVALS, InjectedOptimization, keep_data_hparams
+from plkit.callbacks import EmbeddingWriter
+from plkit.models._batch import ID, unpack_batch
 from plkit.models._train_loss import epoch_mean_metric, log_train_loss, log_train_loss_epoch
+from plkit.models.optimization import InjectedOptimization
 
 __all__ = ["AutoEncoder"]
 
@@ -30,14 +31,14 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class AutoEncoder(InjectedOptimization, pl.LightningModule):
+class AutoEncoder(InjectedOptimization):
     """Encode inputs to ``latent_dim`` numbers and decode them back; trained on the reconstruction's MSE.
 
     ``forward`` returns the embedding. ``predict_step`` returns ``{"embeddings": [B, latent_dim]}``,
-    with the batch's ``"id"`` as well when it has one, so ``EmbeddingWriter(id_key="id")`` exports the
-    embeddings with their ids and no extra code. Logs ``train/loss`` (every step), ``train/loss_epoch``,
+    with the batch's ``"id"`` as well when it has one; :meth:`prediction_writer` (an ``EmbeddingWriter``)
+    exports the embeddings with their ids and no extra code. Logs ``train/loss`` (every step), ``train/loss_epoch``,
     ``val/loss`` and ``test/loss`` (epoch values over all ranks).
-    The defaults are the notes' ``LitAutoEncoder`` (784 -> 64 -> 3 and back, Adam).
+    The defaults are Lightning's introductory autoencoder (784 -> 64 -> 3 and back, Adam).
 
     Args:
         input_shape: the shape of one input, e.g. ``(1, 28, 28)``.
@@ -70,7 +71,7 @@ class AutoEncoder(InjectedOptimization, pl.LightningModule):
         scheduler_monitor: str = "val/loss",
         no_decay_bias_norm: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(optimizer, scheduler, scheduler_interval, scheduler_monitor, no_decay_bias_norm)
         if not input_shape or min(input_shape) < 1:
             raise ValueError(
                 f"input_shape={tuple(input_shape)}: give the positive shape of one input, e.g. [1, 28, 28]"
@@ -79,23 +80,20 @@ class AutoEncoder(InjectedOptimization, pl.LightningModule):
             raise ValueError(f"latent_dim={latent_dim}: it must be >= 1")
         if any(width < 1 for width in hidden_dims):
             raise ValueError(f"hidden_dims={tuple(hidden_dims)}: every width must be >= 1")
-        if scheduler_interval is not None and scheduler_interval not in INTERVALS:
-            raise ValueError(f"scheduler_interval={scheduler_interval!r}: choose 'step', 'epoch' or None (automatic)")
         self.save_hyperparameters()
-        keep_data_hparams(self)
         self.input_shape = tuple(int(d) for d in input_shape)
         sizes = [math.prod(self.input_shape), *hidden_dims, latent_dim]
         self.encoder = _mlp(sizes)
         self.decoder = _mlp(sizes[::-1])
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.scheduler_interval = scheduler_interval
-        self.scheduler_monitor = scheduler_monitor
-        self.no_decay_bias_norm = no_decay_bias_norm
         self.train_loss = epoch_mean_metric()
 
     def _inputs(self, batch: Any) -> tuple[Tensor, Any]:
         inputs, _, ids = unpack_batch(batch)
+        if inputs.ndim == 1:
+            raise ValueError(
+                f"AutoEncoder got one number per sample (inputs of shape [{len(inputs)}], e.g. from a 1-d features "
+                "file): give each sample a feature axis (numpy: features.reshape(-1, 1)) and set input_shape to [1]"
+            )
         if tuple(inputs.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"AutoEncoder(input_shape={list(self.input_shape)}) got inputs of shape {list(inputs.shape[1:])}: "
@@ -137,5 +135,17 @@ class AutoEncoder(InjectedOptimization, pl.LightningModule):
         inputs, ids = self._inputs(batch)
         prediction: dict[str, Any] = {"embeddings": self(inputs)}
         if ids is not None:
-            prediction["id"] = ids
+            prediction[ID] = ids
         return prediction
+
+    def prediction_writer(self, output_dir: str | Path, id_key: str | None = ID) -> EmbeddingWriter:
+        """The writer that stores what :meth:`predict_step` returns: ``embeddings.npy`` and the ids, in dataset order.
+
+        A previous result in ``output_dir`` is replaced.
+
+        Args:
+            output_dir: the folder to write to.
+            id_key: the batch key of the sample ids (plkit's data modules always give ``"id"``); ``None`` for
+                batches without ids, whose rows are then named by their dataset index.
+        """
+        return EmbeddingWriter(output_dir, id_key=id_key, prediction_key="embeddings", overwrite=True)

@@ -14,7 +14,7 @@ class WarmupCosineLR(LRScheduler):
     """Linear warmup to each group's learning rate, then cosine decay to ``min_lr_ratio`` times it.
 
     Meant to be stepped every optimizer step (``scheduler_interval="step"``, what plkit's modules pick
-    for it by default). With ``total_steps=None`` the module fills it in from
+    for it by default). Left at ``None`` in a recipe, ``total_steps`` is filled in by the module from
     ``trainer.estimated_stepping_batches`` when it builds the optimizer, so a recipe never has to
     count steps; the value is saved in the scheduler's state, so a resumed run keeps it.
 
@@ -27,7 +27,8 @@ class WarmupCosineLR(LRScheduler):
     Args:
         optimizer: the optimizer (injected).
         warmup_steps: steps of linear warmup, or a float in [0, 1): that fraction of ``total_steps``.
-        total_steps: steps of the whole schedule (warmup included); ``None`` until the module sets it.
+        total_steps: steps of the whole schedule (warmup included); ``None``: no decay (a plkit module passes
+            the run's length instead).
         min_lr_ratio: the final learning rate as a fraction of the peak.
         last_epoch: the index of the last step, for resuming by hand (Lightning restores it itself).
 
@@ -61,31 +62,17 @@ class WarmupCosineLR(LRScheduler):
             raise ValueError(f"warmup_steps={warmup_steps}: it must be >= 0")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio={min_lr_ratio}: it must be in [0, 1] (a fraction of the peak rate)")
-        self.warmup_steps = warmup_steps
-        self.min_lr_ratio = min_lr_ratio
-        self.total_steps: int | None = None
-        if total_steps is not None:
-            self._check_total(total_steps)
-        self.total_steps = total_steps
-        super().__init__(optimizer, last_epoch)
-
-    def _check_total(self, total_steps: int) -> None:
-        if total_steps < 1:
+        if total_steps is not None and total_steps < 1:
             raise ValueError(f"total_steps={total_steps}: it must be >= 1")
-        if isinstance(self.warmup_steps, int) and self.warmup_steps > total_steps:
+        if total_steps is not None and isinstance(warmup_steps, int) and warmup_steps > total_steps:
             raise ValueError(
-                f"warmup_steps={self.warmup_steps} is longer than total_steps={total_steps}: shorten the warmup, "
+                f"warmup_steps={warmup_steps} is longer than total_steps={total_steps}: shorten the warmup, "
                 "or give it as a fraction of the schedule (e.g. 0.05)"
             )
-
-    def set_total_steps(self, total_steps: int) -> None:
-        """Fix the schedule's length and move the current learning rate onto it."""
-        self._check_total(total_steps)
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
         self.total_steps = total_steps
-        lrs = self.get_lr()
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        self._last_lr = lrs
+        super().__init__(optimizer, last_epoch)
 
     def _warmup(self) -> int:
         if isinstance(self.warmup_steps, float):

@@ -108,11 +108,7 @@ ROWS = [
     Row(f"{NPY} --data.features strings.npy", ("strings.npy",), 1),
     Row(f"{NPY} --data.features flat.npy", ("input_shape to [1]",), 1),  # advice the next run accepts
 ]
-# Rows whose messages come from plkit/data. The two .npy ones (a 78-line traceback for string features, advice
-# for 1-D features that the next run rejects) hold once the data modules' messages are fixed (datamodels branch).
-# Both pass with the datamodels branch's messages (checked on a tree of this branch plus its plkit/models and
-# plkit/data); drop the mark once it is merged.
-DATA_MESSAGES_PENDING = {f"{NPY} --data.features strings.npy", f"{NPY} --data.features flat.npy"}
+
 REAL_COMMAND_ROWS = 3
 
 SERVER = textwrap.dedent(
@@ -211,12 +207,7 @@ def run_forked(server: subprocess.Popen, args: list[str], cwd: Path, tag: str) -
 
 @pytest.mark.parametrize(
     "row",
-    [
-        pytest.param(r, marks=pytest.mark.xfail(reason="the data modules' message", strict=False))
-        if r.args in DATA_MESSAGES_PENDING
-        else r
-        for r in ROWS
-    ],
+    ROWS,
     ids=[r.args for r in ROWS],
 )
 def test_a_mistake_is_one_short_message(row: Row, workdir: Path, plkit_process: subprocess.Popen) -> None:

@@ -115,6 +115,7 @@ def test_a_checkpoint_alone_exports_with_its_metadata(
     assert meta["output"] == {"name": "output", "shape": ["batch", 10], "dtype": "float32"}
     assert meta["output_is"] == "logits"
     assert meta["num_classes"] == 10
+    assert meta["class_names"] == list("0123456789")
     assert meta["normalisation"]["mean"] == list(MNISTDataModule.mean)
     assert meta["normalisation"]["std"] == list(MNISTDataModule.std)
     assert meta["checkpoint"]["sha256"] == hashlib.sha256(classifier_ckpt.read_bytes()).hexdigest()

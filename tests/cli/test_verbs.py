@@ -275,11 +275,6 @@ def test_predict_without_a_writer_keeps_rows_equal_to_a_forward_pass(tmp_path: P
     assert torch.equal(torch.cat(saved), expected)
 
 
-@pytest.mark.xfail(
-    not hasattr(ImageClassifier, "prediction_writer"),
-    reason="plkit's models provide prediction_writer(output_dir) from the datamodels branch on",
-    strict=True,
-)
 def test_predict_with_a_plkit_model_writes_probabilities_labels_and_ids(
     tmp_path: Path, tiny: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

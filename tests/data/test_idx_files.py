@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from plkit.data import DatasetFormatError
-from plkit.data._idx import read_idx
+from plkit.data.mnist import read_idx
 
 from fakedata import write_idx
 

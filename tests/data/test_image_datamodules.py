@@ -21,7 +21,7 @@ from plkit.data import (
     MNISTDataModule,
     default_data_dir,
 )
-from plkit.data._idx import read_idx
+from plkit.data.mnist import read_idx
 
 from fakedata import MNIST_FILES, make_cifar10, make_mnist, write_cifar_batch, write_idx
 
@@ -198,7 +198,7 @@ def test_cifar10_staged_batches_split_and_augmentation(cifar_dir: Path) -> None:
     torch.manual_seed(3)
     train = dm.dataset("train")
     out = train.images[:32]
-    from plkit.data._batches import random_hflip, random_shift
+    from plkit.data.image import random_hflip, random_shift
 
     torch.manual_seed(3)
     augmented = random_hflip(random_shift(out, 4))
@@ -252,17 +252,43 @@ def refuse_network(*args: object, **kwargs: object) -> None:
     raise urllib.error.URLError("no network in tests")
 
 
-@pytest.mark.parametrize("module", [MNISTDataModule, CIFAR10DataModule])
-def test_download_without_network_says_how_to_stage(
+@pytest.mark.parametrize("module", [FashionMNISTDataModule, CIFAR10DataModule])
+def test_download_without_network_says_how_to_stage_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: type
 ) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", refuse_network)
-    dm = module(data_dir=tmp_path / "cache", download=True)
+    dm = module(data_dir=tmp_path, download=True)
     with pytest.raises(DatasetNotFoundError, match="could not download") as info:
         dm.prepare_data()
-    assert str(tmp_path / "cache") in str(info.value)
-    assert "stage the files instead" in str(info.value)
-    assert "data_dir" in str(info.value)
+    message = str(info.value)
+    assert str(tmp_path) in message
+    assert "stage the files instead" in message
+    assert "data_dir" in message
+    assert "\n" not in message
+    assert "http" not in message  # the library's mirror URLs mean nothing to the reader
+    # The folders the failed download made are gone again.
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("module", [FashionMNISTDataModule, CIFAR10DataModule])
+def test_download_never_creates_a_data_dir_that_did_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: type
+) -> None:
+    monkeypatch.setattr(urllib.request, "urlopen", refuse_network)
+    mistyped = tmp_path / "nonexistent" / "datasets"
+    with pytest.raises(DatasetNotFoundError) as info:
+        module(data_dir=mistyped, download=True).prepare_data()
+    assert str(info.value).startswith(f"{module.display_name}: data_dir {mistyped} does not exist")
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_cache_may_be_created_by_a_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urllib.request, "urlopen", refuse_network)
+    monkeypatch.setenv("PLKIT_DATA_DIR", str(tmp_path / "cache"))
+    # No "does not exist" refusal: the download is attempted (and fails here, without a network).
+    with pytest.raises(DatasetNotFoundError, match="could not download MNIST into"):
+        MNISTDataModule(download=True).prepare_data()
 
 
 def test_staged_files_need_no_download(mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,3 +348,28 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path: Path, cifar_dir: Path) -> 
     with pytest.raises(DatasetFormatError, match=r"refusing to load pathlib.*Path\.touch|refusing to load"):
         CIFAR10DataModule(data_dir=tmp_path, download=False).setup("test")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_channels_last_batches_hold_the_same_values_in_that_layout(cifar_dir: Path, augment: bool) -> None:
+    batches = []
+    for channels_last in (False, True):
+        dm = CIFAR10DataModule(
+            data_dir=cifar_dir, val_size=20, download=False, augment=augment, channels_last=channels_last
+        )
+        dm.setup("fit")
+        torch.manual_seed(0)
+        batches.append(dm.dataset("train").__getitems__(list(range(8)))["input"])
+    plain, channels_last = batches
+    assert plain.is_contiguous()
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last.stride()[1] == 1  # channels are the innermost dimension
+    assert torch.equal(plain, channels_last)
+
+
+def test_channels_last_marks_one_channel_batches_too(mnist_dir: Path) -> None:
+    dm = MNISTDataModule(data_dir=mnist_dir, val_size=64, download=False, channels_last=True)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))["input"]
+    # With one channel the bytes are the same, but the strides say channels-last, which convolutions act on.
+    assert batch.stride() == (28 * 28, 1, 28, 1)

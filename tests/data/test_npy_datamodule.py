@@ -154,3 +154,25 @@ def test_unmappable_and_malformed_files(tmp_path: Path) -> None:
 def test_bad_arguments(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         NpyDataModule("x.npy", **kwargs)
+
+
+@pytest.mark.parametrize("role", ["features", "targets"])
+def test_string_features_or_targets_are_refused_in_one_line(tmp_path: Path, role: str) -> None:
+    files = make_npy(tmp_path, n=6)
+    np.save(tmp_path / "words.npy", np.array(["cat", "dog", "cat", "eel", "dog", "cat"]))
+    files[role] = tmp_path / "words.npy"
+    dm = NpyDataModule(files["features"], files["targets"], val_fraction=0.0)
+    with pytest.raises(DatasetFormatError) as info:
+        dm.setup("fit")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'words.npy'} ({role}) holds <U3 values, not numbers")
+    assert "\n" not in message
+
+
+def test_one_dimensional_features_are_one_number_per_sample(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.arange(10, dtype=np.float64))
+    dm = NpyDataModule(tmp_path / "x.npy", val_fraction=0.0, batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input"].shape == (4,)
+    assert batch["input"].dtype == torch.float32

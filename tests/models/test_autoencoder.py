@@ -85,6 +85,21 @@ def test_checkpoint_round_trip(make_trainer: Callable[..., pl.Trainer], tmp_path
         torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
+def test_one_number_per_sample_gets_advice_the_next_run_accepts(
+    make_trainer: Callable[..., pl.Trainer], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x.npy", np.linspace(0, 1, 16, dtype=np.float32))
+    model = AutoEncoder(input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match=r"features\.reshape\(-1, 1\)\) and set input_shape to \[1\]$"):
+        make_trainer(max_epochs=1).fit(model, datamodule=NpyDataModule(tmp_path / "x.npy", val_fraction=0.0))
+    # The advice, followed: a feature axis in the file and input_shape [1].
+    np.save(tmp_path / "x.npy", np.linspace(0, 1, 16, dtype=np.float32).reshape(-1, 1))
+    trainer = make_trainer(max_epochs=1)
+    dm = NpyDataModule(tmp_path / "x.npy", val_fraction=0.0, batch_size=8)
+    trainer.fit(AutoEncoder(input_shape=[1], latent_dim=1, hidden_dims=(4,)), datamodule=dm)
+    assert trainer.global_step == 2
+
+
 def test_wrong_input_shape_says_what_to_set() -> None:
     model = AutoEncoder(input_shape=(1, 28, 28))
     with pytest.raises(ValueError, match=r"got inputs of shape \[3, 32, 32\]: set input_shape to \[3, 32, 32\]"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,7 +26,7 @@ def test_fit_validate_test_predict_on_tiny_mnist(
     make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule
 ) -> None:
     pl.seed_everything(0)
-    model = ImageClassifier(backbone="cnn", num_classes=10, in_channels=1, optimizer=AdamW)
+    model = ImageClassifier(backbone="cnn", width=8, num_classes=10, in_channels=1, optimizer=AdamW)
     trainer = make_trainer(max_epochs=2)
     trainer.fit(model, datamodule=mnist_dm)
     logged = trainer.callback_metrics
@@ -39,18 +40,22 @@ def test_fit_validate_test_predict_on_tiny_mnist(
     assert set(tested) == {"test/loss", "test/acc"}
     assert tested["test/acc"] > 0.6
 
-    probs = torch.cat(trainer.predict(model, datamodule=mnist_dm))
+    predictions = trainer.predict(model, datamodule=mnist_dm)
+    probs = torch.cat([p["probabilities"] for p in predictions])
     assert probs.shape == (64, 10)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(64))
+    predicted = torch.cat([p["label"] for p in predictions])
+    assert torch.equal(predicted, probs.argmax(dim=1))
+    assert torch.cat([p["id"] for p in predictions]).tolist() == list(range(64))
     labels = mnist_dm.dataset("test").targets
-    assert (probs.argmax(dim=1) == labels).float().mean().item() == pytest.approx(tested["test/acc"])
+    assert (predicted == labels).float().mean().item() == pytest.approx(tested["test/acc"])
 
 
 def test_val_acc_is_the_accuracy_over_the_whole_epoch(
     make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule
 ) -> None:
     pl.seed_everything(0)
-    model = ImageClassifier(optimizer=AdamW)
+    model = ImageClassifier(width=4, optimizer=AdamW)
     make_trainer(max_epochs=1, limit_val_batches=0).fit(model, datamodule=mnist_dm)
     (validated,) = make_trainer().validate(model, datamodule=mnist_dm, verbose=False)
     model.eval()
@@ -67,12 +72,13 @@ def test_tuple_batches_work_too(make_trainer: Callable[..., pl.Trainer]) -> None
     pl.seed_everything(0)
     images, labels = torch.randn(24, 1, 28, 28), torch.randint(0, 3, (24,))
     loader = DataLoader(TensorDataset(images, labels), batch_size=8)
-    model = ImageClassifier(num_classes=3, optimizer=AdamW)
+    model = ImageClassifier(width=4, num_classes=3, optimizer=AdamW)
     trainer = make_trainer(max_epochs=1)
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     assert "val/acc" in trainer.callback_metrics
-    probs = trainer.predict(model, DataLoader(TensorDataset(images), batch_size=8))
-    assert torch.cat(probs).shape == (24, 3)
+    predictions = trainer.predict(model, DataLoader(TensorDataset(images), batch_size=8))
+    assert torch.cat([p["probabilities"] for p in predictions]).shape == (24, 3)
+    assert all(set(p) == {"probabilities", "label"} for p in predictions)  # a tuple batch has no ids
 
 
 def test_a_batch_without_targets_cannot_train() -> None:
@@ -86,7 +92,9 @@ def test_a_batch_without_targets_cannot_train() -> None:
 def test_return_embeddings_predicts_the_backbone_features(make_trainer: Callable[..., pl.Trainer]) -> None:
     model = ImageClassifier(return_embeddings=True).eval()
     images = torch.randn(6, 1, 28, 28)
-    (features,) = make_trainer().predict(model, DataLoader(TensorDataset(images), batch_size=6))
+    (prediction,) = make_trainer().predict(model, DataLoader(TensorDataset(images), batch_size=6))
+    features = prediction["embeddings"]
+    assert set(prediction) == {"embeddings"}
     assert features.shape == (6, model.backbone.out_features)
     with torch.no_grad():
         torch.testing.assert_close(model.head(features), model(images))
@@ -96,7 +104,7 @@ def test_checkpoint_round_trip_needs_no_arguments(
     make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule, tmp_path: Path
 ) -> None:
     pl.seed_everything(0)
-    model = ImageClassifier(backbone="resnet", label_smoothing=0.1, dropout=0.2, optimizer=AdamW)
+    model = ImageClassifier(backbone="resnet", width=4, label_smoothing=0.1, dropout=0.2, optimizer=AdamW)
     trainer = make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(model, datamodule=mnist_dm)
     path = tmp_path / "model.ckpt"
@@ -191,7 +199,7 @@ def test_channels_last_gives_the_same_outputs() -> None:
 def test_fit_without_validation_data(make_trainer: Callable[..., pl.Trainer], mnist_dir: Path) -> None:
     dm = MNISTDataModule(data_dir=mnist_dir, batch_size=64, val_size=0, download=False)
     trainer = make_trainer(max_epochs=1, limit_train_batches=2)
-    trainer.fit(ImageClassifier(), datamodule=dm)
+    trainer.fit(ImageClassifier(width=4), datamodule=dm)
     assert "train/loss" in trainer.callback_metrics
     assert "val/acc" not in trainer.callback_metrics
 
@@ -233,6 +241,19 @@ def test_every_image_data_module_runs_all_four_verbs(
     assert set(validated) == {"val/loss", "val/acc"}
     (tested,) = trainer.test(model, datamodule=dm, verbose=False)
     assert 0.0 <= tested["test/acc"] <= 1.0
-    probs = torch.cat(trainer.predict(model, datamodule=dm))
+    probs = torch.cat([p["probabilities"] for p in trainer.predict(model, datamodule=dm)])
     assert probs.shape == (len(dm.dataset("test")), 10)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(len(probs)))
+
+
+@pytest.mark.parametrize("model_channels_last", [False, True])
+def test_channels_last_model_and_data_train_and_log_together(
+    model_channels_last: bool, make_trainer: Callable[..., pl.Trainer], mnist_dir: Path, tmp_path: Path
+) -> None:
+    # Both classes take channels_last; a logger records both modules' hyperparameters, which must not clash.
+    dm = MNISTDataModule(data_dir=mnist_dir, batch_size=16, val_size=16, download=False, channels_last=True)
+    model = ImageClassifier(width=4, channels_last=model_channels_last)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=CSVLogger(tmp_path))
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 2
+    assert model.hparams["channels_last"] is model_channels_last

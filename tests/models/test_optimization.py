@@ -6,17 +6,17 @@ import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.cli import LRSchedulerCallable
 
 from plkit.data import MNISTDataModule
-from plkit.models import AutoEncoder, ImageClassifier, WarmupCosineLR
-from plkit.models._optim import configure_optimization, parameter_groups
+from plkit.models import AutoEncoder, ImageClassifier, WarmupCosineLR, parameter_groups
 
 
 class RecordLR(Callback):
@@ -92,6 +92,7 @@ def test_warmup_cosine_is_sized_from_the_trainer_and_stepped_per_step(
 ) -> None:
     pl.seed_everything(0)
     model = ImageClassifier(
+        width=4,
         optimizer=functools.partial(torch.optim.AdamW, lr=0.01),
         scheduler=functools.partial(WarmupCosineLR, warmup_steps=0.25, min_lr_ratio=0.1),
     )
@@ -109,6 +110,7 @@ def test_resume_continues_the_schedule_exactly(
     def run(max_epochs: int, ckpt_path: Path | None = None) -> tuple[RecordLR, pl.Trainer]:
         pl.seed_everything(0)
         model = ImageClassifier(
+            width=4,
             optimizer=functools.partial(torch.optim.SGD, lr=0.1),
             scheduler=functools.partial(WarmupCosineLR, warmup_steps=2, total_steps=12),
         )
@@ -125,13 +127,71 @@ def test_resume_continues_the_schedule_exactly(
     assert len(straight.lrs) == 12
 
 
-def test_warmup_cosine_needs_an_end() -> None:
-    module = SimpleNamespace(trainer=SimpleNamespace(estimated_stepping_batches=float("inf"), max_epochs=-1))
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))]}]
+def test_a_schedule_with_total_steps_unset_needs_a_trainer_with_an_end(
+    make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule
+) -> None:
+    model = ImageClassifier(width=4, scheduler=WarmupCosineLR)
+    trainer = make_trainer(max_epochs=-1, limit_val_batches=0)
     with pytest.raises(ValueError, match=r"set trainer\.max_epochs or trainer\.max_steps, or give the scheduler"):
-        configure_optimization(
-            module, groups, functools.partial(torch.optim.SGD, lr=1.0), WarmupCosineLR, None, "val/loss"
-        )
+        trainer.fit(model, datamodule=mnist_dm)
+
+
+def cli_scheduler(class_path: str, **init_args: Any) -> Any:
+    """The scheduler callable ``LightningCLI`` builds from a recipe's ``class_path`` and ``init_args``."""
+    parser = ArgumentParser()
+    parser.add_argument("--scheduler", type=LRSchedulerCallable)
+    config = parser.parse_object({"scheduler": {"class_path": class_path, "init_args": init_args}})
+    return parser.instantiate(config).scheduler
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1),
+        "cli:torch.optim.lr_scheduler.OneCycleLR",
+        WarmupCosineLR,
+        "cli:plkit.models.WarmupCosineLR",
+    ],
+    ids=["OneCycleLR", "OneCycleLR-from-a-recipe", "WarmupCosineLR", "WarmupCosineLR-from-a-recipe"],
+)
+def test_every_schedule_with_total_steps_unset_learns_the_runs_length(
+    scheduler: Any, make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule
+) -> None:
+    if isinstance(scheduler, str):
+        class_path = scheduler.removeprefix("cli:")
+        scheduler = cli_scheduler(class_path, **({"max_lr": 0.1} if "OneCycle" in class_path else {}))
+    model = ImageClassifier(width=4, scheduler=scheduler)
+    trainer = make_trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=0)
+    trainer.fit(model, datamodule=mnist_dm)
+    config = trainer.lr_scheduler_configs[0]
+    assert config.scheduler.total_steps == 6
+    assert config.interval == "step"
+
+
+def test_a_schedule_stepped_per_epoch_is_as_long_as_the_run_in_epochs(
+    make_trainer: Callable[..., pl.Trainer], mnist_dm: MNISTDataModule
+) -> None:
+    model = ImageClassifier(width=4, scheduler=WarmupCosineLR, scheduler_interval="epoch")
+    trainer = make_trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=mnist_dm)
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 3
+
+
+def test_a_recipes_total_steps_is_kept() -> None:
+    scheduler = cli_scheduler("plkit.models.WarmupCosineLR", total_steps=50)
+    config = ImageClassifier(scheduler=scheduler).configure_optimizers()  # no trainer needed
+    assert config["lr_scheduler"]["scheduler"].total_steps == 50
+    assert config["lr_scheduler"]["interval"] == "step"
+
+
+def test_python_callables_are_left_out_of_the_checkpoint_and_a_recipes_config_is_kept() -> None:
+    from_python = ImageClassifier(
+        optimizer=torch.optim.AdamW, scheduler=functools.partial(WarmupCosineLR, total_steps=9)
+    )
+    assert "optimizer" not in from_python.hparams
+    assert "scheduler" not in from_python.hparams
+    recipe = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}}
+    assert AutoEncoder(optimizer=recipe).hparams["optimizer"] == recipe  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -150,12 +210,11 @@ def test_warmup_cosine_bad_arguments(kwargs: dict, message: str) -> None:
         WarmupCosineLR(optimizer, **kwargs)
 
 
-def test_warmup_fraction_is_resolved_when_the_length_is_set() -> None:
+def test_warmup_fraction_is_a_fraction_of_total_steps() -> None:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = WarmupCosineLR(optimizer, warmup_steps=0.1)
-    assert optimizer.param_groups[0]["lr"] == 1.0  # length unknown: no warmup yet
-    scheduler.set_total_steps(100)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
-    assert scheduler.get_last_lr() == pytest.approx([0.1])
-    state = scheduler.state_dict()
-    assert state["total_steps"] == 100
+    WarmupCosineLR(optimizer, warmup_steps=0.1, total_steps=100)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)  # step 0 of a 10-step warmup
+    without_length = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = WarmupCosineLR(without_length, warmup_steps=0.1)
+    assert without_length.param_groups[0]["lr"] == 1.0  # no length: no warmup, no decay
+    assert scheduler.state_dict()["total_steps"] is None

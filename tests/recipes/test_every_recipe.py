@@ -1,7 +1,9 @@
 """Every shipped recipe, alone and under every overlay a CPU can run, trains on tiny generated data.
 
 The recipes and overlays are discovered from the recipes folder, so a new one is tested without
-anyone writing a test for it. GPU overlays are parsed and validated (``--print_config``) only.
+anyone writing a test for it. The default run puts one batch of each loop through every recipe
+(``overlays/debug``); the fits with predictions, every recipe x CPU overlay and 2-process DDP are
+``integration`` tests. GPU overlays are parsed and validated (``--print_config``) only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from plkit.cli import main
@@ -24,6 +27,7 @@ RECIPES = [r for r in list_recipes() if not r.is_overlay]
 OVERLAYS = [r for r in list_recipes() if r.is_overlay]
 GPU_OVERLAYS = {"overlays/gpu", "overlays/multi_gpu"}
 CPU_OVERLAYS = [o.name for o in OVERLAYS if o.name not in GPU_OVERLAYS]
+TEST_IMAGES = {"mnist": 48, "cifar10": 40}
 
 
 def recipe_config(name: str) -> dict:
@@ -33,13 +37,19 @@ def recipe_config(name: str) -> dict:
 @pytest.fixture(scope="module")
 def data_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("recipe_data")
-    return {"mnist": make_mnist(root / "mnist", n_train=160, n_test=48), "cifar10": make_cifar10(root / "cifar10")}
+    return {
+        "mnist": make_mnist(root / "mnist", n_train=160, n_test=TEST_IMAGES["mnist"]),
+        "cifar10": make_cifar10(root / "cifar10", n_test=TEST_IMAGES["cifar10"]),
+    }
+
+
+def data_kind(recipe: str) -> str:
+    return "cifar10" if "CIFAR" in recipe_config(recipe)["data"]["class_path"] else "mnist"
 
 
 def tiny_overlay(name: str, data_dirs: dict[str, Path], root: Path) -> Path:
     """Shrink a recipe to a few batches of the generated files that match its data module."""
-    data_class = recipe_config(name)["data"]["class_path"]
-    data_dir = data_dirs["cifar10" if "CIFAR" in data_class else "mnist"]
+    data_dir = data_dirs[data_kind(name)]
     overlay = {
         "trainer": {
             "max_epochs": 1,
@@ -70,42 +80,55 @@ def fit(args: list[str]) -> None:
     assert plkit(["fit", *args]) == 0, f"plkit fit {' '.join(args)} failed"
 
 
+def rows_of(folder: Path) -> int:
+    return int(yaml.safe_load((folder / "manifest.json").read_text())["rows"])
+
+
+@pytest.mark.parametrize("recipe", [r.name for r in RECIPES])
+def test_recipe_runs_one_batch_of_each_loop(recipe: str, data_dirs: dict[str, Path], tmp_path: Path) -> None:
+    overlay = tiny_overlay(recipe, data_dirs, tmp_path)
+    fit(["--config", recipe, "--config", "overlays/debug", "--config", str(overlay)])
+    assert not (tmp_path / "runs").exists(), "fast_dev_run writes no run folder"
+
+
+@pytest.mark.integration  # a fit and a predict per recipe
 @pytest.mark.parametrize("recipe", [r.name for r in RECIPES])
 def test_recipe_fits_then_predicts_from_its_checkpoint(recipe: str, data_dirs: dict[str, Path], tmp_path: Path) -> None:
     fit(["--config", recipe, "--config", str(tiny_overlay(recipe, data_dirs, tmp_path))])
     (run_dir,) = (tmp_path / "runs" / recipe).glob("version_*")
     assert (run_dir / "config.yaml").is_file()
-    (last,) = (run_dir / "checkpoints").glob("last.ckpt")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2, "last.ckpt holds the end of the one epoch"
 
     assert plkit(["predict", "--ckpt_path", str(last)]) == 0
+    predictions = run_dir / "predictions"
     writers = [
         cb for cb in recipe_config(recipe)["trainer"].get("callbacks") or [] if cb["class_path"] == "EmbeddingWriter"
     ]
-    if writers:
-        # The recipe's writer puts one row per test image into the run folder.
-        embeddings = np.load(run_dir / "predictions" / "embeddings.npy")
-        ids = np.load(run_dir / "predictions" / "ids.npy")
-        assert embeddings.shape[0] == 48
-        assert ids.tolist() == list(range(48))
-        assert (run_dir / "predictions" / "manifest.json").is_file()
+    # The recipe's own writer (embeddings), else the model's (a classifier's probabilities and labels): one row
+    # per test image, in the test file's order.
+    values = np.load(predictions / ("embeddings.npy" if writers else "probabilities.npy"))
+    n = TEST_IMAGES[data_kind(recipe)]
+    assert values.shape[0] == rows_of(predictions) == n
+    assert np.load(predictions / "ids.npy").tolist() == list(range(n))
+    if not writers:
+        assert np.load(predictions / "labels.npy").tolist() == values.argmax(axis=1).tolist()
 
 
-@pytest.mark.parametrize("overlay", [o for o in CPU_OVERLAYS if o != "overlays/ddp_cpu"])
+@pytest.mark.integration  # a fit per recipe x overlay
+@pytest.mark.parametrize("overlay", [o for o in CPU_OVERLAYS if o not in ("overlays/ddp_cpu", "overlays/debug")])
 @pytest.mark.parametrize("recipe", [r.name for r in RECIPES])
 def test_recipe_with_cpu_overlay(recipe: str, overlay: str, data_dirs: dict[str, Path], tmp_path: Path) -> None:
     fit(["--config", recipe, "--config", overlay, "--config", str(tiny_overlay(recipe, data_dirs, tmp_path))])
-    runs = list((tmp_path / "runs" / recipe).glob("version_*"))
-    if overlay == "overlays/debug":
-        assert not any(run.glob("checkpoints/*.ckpt") for run in runs), "fast_dev_run keeps no checkpoint"
-    else:
-        assert len(runs) == 1
-        assert (runs[0] / "checkpoints" / "last.ckpt").is_file() or list(runs[0].glob("checkpoints/*.ckpt"))
+    (run_dir,) = (tmp_path / "runs" / recipe).glob("version_*")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     if overlay == "overlays/profile":
-        assert (runs[0] / "fit-profile.txt").is_file()
+        assert "Profiler Report" in (run_dir / "fit-profile.txt").read_text()
     if overlay == "overlays/deterministic":
-        assert yaml.safe_load((runs[0] / "config.yaml").read_text())["seed_everything"] == 1234
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed_everything"] == 1234
 
 
+@pytest.mark.integration  # two processes per recipe
 @pytest.mark.parametrize("recipe", [r.name for r in RECIPES])
 def test_recipe_with_ddp_on_two_cpu_processes(recipe: str, data_dirs: dict[str, Path], tmp_path: Path) -> None:
     # Lightning's DDP launcher starts the second process by re-running the command line: a real `plkit`
@@ -118,7 +141,8 @@ def test_recipe_with_ddp_on_two_cpu_processes(recipe: str, data_dirs: dict[str, 
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run_dir,) = (tmp_path / "runs" / recipe).glob("version_*")
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    # Each of the 2 ranks trains on its half of the 2 batches the tiny overlay allows: 1 step each.
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["devices"] == 2
 
 
