@@ -112,9 +112,9 @@ def _plkit(args: argparse.Namespace, variant: Variant) -> None:
     command += [f"--data.val_size={args.val_size}", f"--trainer.max_steps={args.warmup + args.steps}"]
     command += ["--trainer.max_epochs=-1", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]
     command += [f"--trainer.default_root_dir={args.result.parent}", f"--trainer.accelerator={args.accelerator}"]
-    command += [f"--trainer.precision={variant.precision}", f"--model.init_args.compile={variant.compile}"]
-    command += [f"--model.init_args.channels_last={variant.channels_last}"]
-    command += [f"--data.init_args.channels_last={variant.channels_last}"]
+    layout = str(variant.channels_last).lower()
+    command += [f"--trainer.precision={variant.precision}", f"--model.init_args.compile={str(variant.compile).lower()}"]
+    command += [f"--model.init_args.channels_last={layout}", f"--data.init_args.channels_last={layout}"]
     command += [f"--trainer.callbacks+={json.dumps(throughput)}"]
     if args.throughput_monitor:
         monitor = {"class_path": "lightning.pytorch.callbacks.ThroughputMonitor"}
