@@ -194,6 +194,7 @@ def child_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=SEEDS[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one epoch (the smoke test's size)")
+    parser.add_argument("--epochs", type=int, help="train this many epochs instead of the recipe's")
     parser.add_argument("--work-dir", type=Path, help="for plkit's run folder (default: a temporary folder)")
     parser.add_argument("--result", type=Path, help="write the result here as JSON (default: print it)")
     parser.add_argument("--profile", action="store_true", help="plkit contenders: print Lightning's simple profile")
@@ -208,7 +209,8 @@ def child_main(argv: list[str] | None = None) -> None:
     from benchmarks import _accuracy_runs as runs  # every contender's imports, untimed
 
     with tempfile.TemporaryDirectory(prefix="plkit-bench-acc-") as tmp:
-        settings = runs.Settings.from_configs(contender.configs, args.seed, args.val_size, 1 if args.quick else None)
+        epochs = 1 if args.quick else args.epochs
+        settings = runs.Settings.from_configs(contender.configs, args.seed, args.val_size, epochs)
         work = args.work_dir or Path(tmp)
         start = time.perf_counter()
         if contender.runner == "plkit":
