@@ -1,11 +1,11 @@
 """``python -m benchmarks``: measure plkit against bare Lightning and hand-written code, print one table each.
 
 Sections (``--only`` picks some): ``training`` (epoch wall time, four contenders in fresh processes),
-``export`` (EmbeddingWriter), ``gradnorm`` (GradNormLogger), ``startup`` (the ``plkit`` command) and ``gpu``
-(bf16-mixed images/s; skipped without CUDA). ``--quick`` is the smoke-test size; ``--json`` and ``--markdown``
-write the results and the tables (the README's performance section is the Markdown of a full run).
-
-``latency`` (inference in each ``plkit export`` format) is the last section.
+``export`` (EmbeddingWriter), ``gradnorm`` (GradNormLogger), ``startup`` (the ``plkit`` command), ``gpu``
+(images/s lever by lever, plkit and a hand loop; skipped without CUDA), ``latency`` (inference in each ``plkit
+export`` format) and ``accuracy`` (time to a tested Fashion-MNIST accuracy: the recipes against the configuration
+before the levers and a hand loop). ``--quick`` is the smoke-test size; ``--json`` and ``--markdown`` write the
+results and the tables (the README's performance section is the Markdown of a full run).
 """
 
 from __future__ import annotations
@@ -23,17 +23,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("training", "export", "gradnorm", "startup", "gpu", "latency")
+from benchmarks._data import REAL_DIR
+
+SECTIONS = ("training", "export", "gradnorm", "startup", "gpu", "latency", "accuracy")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the smoke-test size: small data, 1 repeat")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
-    parser.add_argument("--repeats", type=int, help="repeats of the training and start-up runs (default 3 and 5)")
+    repeats_help = "rounds of the training, start-up and accuracy runs (default 3, 5 and 2)"
+    parser.add_argument("--repeats", type=int, help=repeats_help)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every contender (default 2)")
     data_help = "real Fashion-MNIST (its Debian package), generated images, or auto: real when installed (default)"
     parser.add_argument("--data", choices=("auto", "real", "generated"), default="auto", help=data_help)
+    dir_help = f"the folder of real Fashion-MNIST's four .gz files (default {REAL_DIR})"
+    parser.add_argument("--data-dir", type=Path, default=REAL_DIR, help=dir_help)
     parser.add_argument("--json", type=Path, help="write every number to this JSON file")
     parser.add_argument("--markdown", type=Path, help="write the tables as Markdown (the README's section)")
     return parser
@@ -86,15 +91,22 @@ def machine_line(m: dict[str, Any]) -> str:
 
 def _runners(args: argparse.Namespace) -> dict[str, tuple[Callable[[], dict[str, Any]], Callable[..., list]]]:
     """Each section's ``run`` and ``tables``, imported only when the section runs."""
-    from benchmarks import callbacks, export_latency, gpu, startup, training
+    from benchmarks import accuracy, callbacks, export_latency, gpu, startup, training
 
     return {
-        "training": (lambda: training.run(args.quick, args.repeats, args.data, args.threads), training.tables),
+        "training": (
+            lambda: training.run(args.quick, args.repeats, args.data, args.threads, args.data_dir),
+            training.tables,
+        ),
         "export": (lambda: callbacks.run_export(args.quick), callbacks.export_tables),
         "gradnorm": (lambda: callbacks.run_grad_norm(args.quick), callbacks.grad_norm_tables),
         "startup": (lambda: startup.run(args.quick, args.repeats), startup.tables),
-        "gpu": (lambda: gpu.run(args.quick, args.data), gpu.tables),
+        "gpu": (lambda: gpu.run(args.quick, args.data, data_dir=args.data_dir), gpu.tables),
         "latency": (lambda: export_latency.run(args.quick), export_latency.tables),
+        "accuracy": (
+            lambda: accuracy.run(args.quick, args.repeats, args.data, args.threads, args.data_dir),
+            accuracy.tables,
+        ),
     }
 
 

@@ -1,7 +1,7 @@
-"""Stage the training benchmark's data once, outside every timing: real Fashion-MNIST, or generated images.
+"""Stage a benchmark's data once, outside every timing: real Fashion-MNIST, or generated images.
 
-The files are written uncompressed in torchvision's layout, ``ROOT/FashionMNIST/raw/<four IDX files>``: the
-notes' ``torchvision.datasets.FashionMNIST(ROOT, download=False)`` reads only that (it never opens the ``.gz``
+The files are written uncompressed in torchvision's layout, ``ROOT/FashionMNIST/raw/<four IDX files>``:
+``torchvision.datasets.FashionMNIST(ROOT, download=False)`` reads only that (it never opens the ``.gz``
 files of the Debian package), and ``FashionMNISTDataModule(data_dir=ROOT)`` finds the same files there. So every
 contender decodes the very same bytes, and none pays for decompression.
 """
@@ -31,19 +31,25 @@ class StagedData:
     kind: str
     train_file_images: int
     val_size: int
+    test_images: int
+    source_dir: Path = REAL_DIR
 
     @property
     def raw(self) -> Path:
         return self.root / "FashionMNIST" / "raw"
 
     def describe(self) -> str:
-        where = f"real Fashion-MNIST from {REAL_DIR}" if self.kind == "real" else "generated Fashion-MNIST-like images"
+        where = (
+            f"real Fashion-MNIST from {self.source_dir}"
+            if self.kind == "real"
+            else "generated Fashion-MNIST-like images"
+        )
         train = self.train_file_images - self.val_size
         return f"{where}: {train:,} training + {self.val_size:,} validation images of 28x28"
 
 
-def real_available() -> bool:
-    return all((REAL_DIR / f"{name}.gz").is_file() for pair in FILES.values() for name in pair)
+def real_available(real_dir: Path = REAL_DIR) -> bool:
+    return all((real_dir / f"{name}.gz").is_file() for pair in FILES.values() for name in pair)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -59,10 +65,10 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
-def _real(split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _real(real_dir: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     arrays = []
     for name in FILES[split]:
-        raw = gzip.decompress((REAL_DIR / f"{name}.gz").read_bytes())
+        raw = gzip.decompress((real_dir / f"{name}.gz").read_bytes())
         ndim = raw[3]
         shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
         arrays.append(np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)[:limit])
@@ -80,7 +86,9 @@ def _generated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def stage(root: Path, source: str, train_file_images: int | None, val_size: int) -> StagedData:
+def stage(
+    root: Path, source: str, train_file_images: int | None, val_size: int, real_dir: Path = REAL_DIR
+) -> StagedData:
     """Write the four IDX files under ``root`` and describe them.
 
     Args:
@@ -89,22 +97,26 @@ def stage(root: Path, source: str, train_file_images: int | None, val_size: int)
         train_file_images: images in the training file (validation included); ``None`` is all of the real file,
             or 60,000 generated ones.
         val_size: how many of them are held out for validation.
+        real_dir: the folder of the four ``.gz`` files of real Fashion-MNIST.
 
     Raises:
-        ValueError: an unknown ``source``, or ``"real"`` without the Debian package.
+        ValueError: an unknown ``source``, or ``"real"`` without the files in ``real_dir``.
     """
     if source not in SOURCES:
         raise ValueError(f"data source {source!r}: choose one of {', '.join(SOURCES)}")
-    kind = "real" if source == "real" or (source == "auto" and real_available()) else "generated"
-    if kind == "real" and not real_available():
-        raise ValueError(f"--data real: no Fashion-MNIST in {REAL_DIR} (apt-get install dataset-fashion-mnist)")
+    kind = "real" if source == "real" or (source == "auto" and real_available(real_dir)) else "generated"
+    if kind == "real" and not real_available(real_dir):
+        raise ValueError(
+            f"--data real: no Fashion-MNIST .gz files in {real_dir}: apt-get install dataset-fashion-mnist, "
+            "or pass the folder that holds them with --data-dir"
+        )
     n_test = 10_000 if train_file_images is None else max(1, train_file_images // 6)
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
+    counts = {}
     for split, limit, seed in (("train", train_file_images, 0), ("test", n_test, 1)):
-        images, labels = _real(split, limit) if kind == "real" else _generated(limit or 60_000, seed)
+        images, labels = _real(real_dir, split, limit) if kind == "real" else _generated(limit or 60_000, seed)
         _write_idx(raw / FILES[split][0], images)
         _write_idx(raw / FILES[split][1], labels)
-        if split == "train":
-            n_train = len(images)
-    return StagedData(root, kind, n_train, val_size)
+        counts[split] = len(images)
+    return StagedData(root, kind, counts["train"], val_size, counts["test"], real_dir)
