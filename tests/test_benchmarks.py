@@ -48,7 +48,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str
 def test_every_section_reports_finite_numbers(quick: tuple[dict[str, Any], str, str]) -> None:
     results, _, _ = quick
     sections = results["sections"]
-    assert {"training", "export", "gradnorm", "startup", "gpu", "accuracy"} <= set(sections)
+    assert {"training", "export", "gradnorm", "startup", "gpu", "latency", "accuracy"} <= set(sections)
     for name, section in sections.items():
         values = list(numbers(section))
         assert values, name

@@ -291,3 +291,29 @@ def test_counts_survive_state_dict() -> None:
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         GradNormLogger(**kwargs)
+
+
+class SyncDebug(Callback):
+    """Around GradNormLogger on a GPU: any host-device synchronisation on a step it does not log raises."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        unlogged = (trainer.global_step + 1) % trainer.log_every_n_steps != 0
+        torch.cuda.set_sync_debug_mode(self.mode if unlogged else "default")
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_unlogged_steps_never_wait_for_the_device(tmp_path: Path) -> None:
+    hand, recorder = HandNorms(2.0), RecordingLogger()
+    callbacks = [SyncDebug("error"), GradNormLogger(), SyncDebug("default"), hand]
+    args = quiet(tmp_path, accelerator="gpu", logger=recorder, max_epochs=2, limit_val_batches=0, log_every_n_steps=3)
+    try:
+        pl.Trainer(callbacks=callbacks, **args).fit(TinyModel(n=40, batch_size=8))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    logged = recorder.series("grad_norm/total")
+    assert [s for s, _ in logged] == [2, 5, 8]
+    for step, value in logged:
+        assert value == pytest.approx(hand.total[step], rel=1e-5)

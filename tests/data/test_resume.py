@@ -65,6 +65,7 @@ def fit(
     deterministic: bool,
     ckpt_path: Path | None = None,
     callbacks: tuple[Callback, ...] = (),
+    accelerator: str = "cpu",
 ) -> tuple[ImageClassifier, pl.Trainer, RecordIds]:
     pl.seed_everything(7)
     dm = MNISTDataModule(data_dir=data, batch_size=16, val_size=64, download=False, augment=True)
@@ -72,7 +73,7 @@ def fit(
     ids = RecordIds()
     trainer = pl.Trainer(
         default_root_dir=root,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_progress_bar=False,
@@ -167,3 +168,18 @@ def test_a_checkpoint_without_random_states_still_resumes(runs: dict, mnist_dir:
     assert ids.ids == straight[2].ids[2 * BATCHES :]
     assert trainer.global_step == 4 * BATCHES
     assert not torch.equal(model.head.weight, straight[0].head.weight)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("saved_at", ["mid_epoch", "batch_under_way"])
+def test_resume_on_a_gpu_is_bitwise_exact(saved_at: str, mnist_dir: Path, tmp_path: Path) -> None:
+    # Dropout draws from the CUDA generator, which the checkpoint carries too; deterministic kernels.
+    save = SaveMidEpoch if saved_at == "mid_epoch" else SaveAtBatchStart
+    checkpoint = tmp_path / "saved.ckpt"
+    fit(mnist_dir, tmp_path / "first", 2, True, callbacks=(save(MID_EPOCH_STEP, checkpoint),), accelerator="gpu")
+    straight = fit(mnist_dir, tmp_path / "straight", 4, True, accelerator="gpu")
+    resumed = fit(mnist_dir, tmp_path / "resumed", 4, True, ckpt_path=checkpoint, accelerator="gpu")
+    assert "cuda" in torch.load(checkpoint, weights_only=True)["MNISTDataModule"]["rng_states"]
+    assert resumed[2].ids == straight[2].ids[MID_EPOCH_STEP:]
+    assert resumed[1].global_step == 4 * BATCHES
+    assert_same_training_state(straight, resumed)

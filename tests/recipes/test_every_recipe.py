@@ -153,3 +153,19 @@ def test_gpu_overlays_parse_and_validate(recipe: str, overlay: str, capsys: pyte
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["trainer"]["accelerator"] == "gpu"
     assert config["trainer"]["precision"] == "bf16-mixed"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", [r.name for r in RECIPES])
+def test_recipe_fits_then_predicts_on_one_gpu(recipe: str, data_dirs: dict[str, Path], tmp_path: Path) -> None:
+    # bf16 autocast, cuDNN autotuning, channels-last on a CUDA device; predict reads the run's config (the GPU).
+    fit(["--config", recipe, "--config", "overlays/gpu", "--config", str(tiny_overlay(recipe, data_dirs, tmp_path))])
+    (run_dir,) = (tmp_path / "runs" / recipe).glob("version_*")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["accelerator"] == "gpu"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    assert plkit(["predict", "--ckpt_path", str(last)]) == 0
+    predictions = run_dir / "predictions"
+    n = TEST_IMAGES[data_kind(recipe)]
+    assert rows_of(predictions) == n
+    assert np.load(predictions / "ids.npy").tolist() == list(range(n))
