@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-__all__ = ["BACKBONES", "SmallCNN", "SmallResNet", "build_backbone", "from_classifier"]
+__all__ = ["BACKBONES", "GridAvgPool2d", "SmallCNN", "SmallResNet", "build_backbone", "from_classifier", "grid_mean"]
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -21,6 +22,51 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Se
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def _windows(size: int, grid: int) -> list[tuple[int, int]]:
+    # The windows nn.AdaptiveAvgPool2d averages over: cell i covers [floor(i*size/grid), ceil((i+1)*size/grid)).
+    return [(i * size // grid, -(-(i + 1) * size // grid)) for i in range(grid)]
+
+
+def grid_mean(x: Tensor, grid: int) -> Tensor:
+    """``F.adaptive_avg_pool2d(x, grid)`` computed from slices, whose backward is deterministic on CUDA.
+
+    Example:
+        >>> x = torch.randn(2, 4, 7, 7)
+        >>> torch.allclose(grid_mean(x, 3), F.adaptive_avg_pool2d(x, 3), atol=1e-6)
+        True
+    """
+    if grid == 1:
+        return x.mean((-2, -1), keepdim=True)
+    rows, cols = _windows(x.shape[-2], grid), _windows(x.shape[-1], grid)
+    cells = [torch.stack([x[..., r0:r1, c0:c1].mean((-2, -1)) for c0, c1 in cols], -1) for r0, r1 in rows]
+    return torch.stack(cells, -2)
+
+
+class GridAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d(grid)`` that also trains under ``Trainer(deterministic=True)`` on a GPU.
+
+    PyTorch has no deterministic CUDA backward for adaptive average pooling and refuses it once deterministic
+    algorithms are on; there this module averages the same windows from slices (:func:`grid_mean`), which costs
+    a few more kernels. Everywhere else it is the adaptive pooling itself.
+
+    Example:
+        >>> GridAvgPool2d(3)(torch.zeros(2, 8, 7, 7)).shape
+        torch.Size([2, 8, 3, 3])
+    """
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+            return grid_mean(x, self.grid)
+        return F.adaptive_avg_pool2d(x, self.grid)
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}"
 
 
 class SmallCNN(nn.Module):
@@ -55,7 +101,7 @@ class SmallCNN(nn.Module):
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
         # Average-pooling to a small grid keeps where things are (which Fashion-MNIST needs) at any input size.
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(grid), nn.Flatten())
+        self.features = nn.Sequential(*layers, GridAvgPool2d(grid), nn.Flatten())
         self.out_features = widths[-1] * grid * grid
 
     def forward(self, x: Tensor) -> Tensor:
@@ -105,7 +151,7 @@ class SmallResNet(nn.Module):
             for i in range(count):
                 layers.append(_BasicBlock(channels, out, stride=2 if stage > 0 and i == 0 else 1))
                 channels = out
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(*layers, GridAvgPool2d(1), nn.Flatten())
         self.out_features = channels
 
     def forward(self, x: Tensor) -> Tensor:
