@@ -304,7 +304,6 @@ def test_predict_with_a_plkit_model_writes_probabilities_labels_and_ids(
     assert labels.tolist() == expected.argmax(-1).tolist()
 
 
-@pytest.mark.integration  # four runs
 def test_nothing_is_written_outside_runs(
     tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

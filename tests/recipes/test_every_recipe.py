@@ -84,10 +84,14 @@ def rows_of(folder: Path) -> int:
     return int(yaml.safe_load((folder / "manifest.json").read_text())["rows"])
 
 
+@pytest.mark.parametrize("overlay", [o for o in CPU_OVERLAYS if o != "overlays/ddp_cpu"])
 @pytest.mark.parametrize("recipe", [r.name for r in RECIPES])
-def test_recipe_runs_one_batch_of_each_loop(recipe: str, data_dirs: dict[str, Path], tmp_path: Path) -> None:
-    overlay = tiny_overlay(recipe, data_dirs, tmp_path)
-    fit(["--config", recipe, "--config", "overlays/debug", "--config", str(overlay)])
+def test_recipe_with_each_cpu_overlay_runs_one_batch_of_each_loop(
+    recipe: str, overlay: str, data_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    # overlays/debug last: one batch of each loop (the integration tests below fit whole epochs).
+    tiny = tiny_overlay(recipe, data_dirs, tmp_path)
+    fit(["--config", recipe, "--config", overlay, "--config", "overlays/debug", "--config", str(tiny)])
     assert not (tmp_path / "runs").exists(), "fast_dev_run writes no run folder"
 
 
