@@ -102,10 +102,27 @@ def assert_same_training_state(one: tuple[ImageClassifier, pl.Trainer, Any], oth
             assert torch.equal(value, other_state["state"][index][name]), (index, name)
 
 
+_RUNS: dict[bool, dict] = {}
+
+
+def make_runs(deterministic: bool, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A straight 4-epoch fit, and a 2-epoch fit that saved the four kinds of checkpoint (made once per module)."""
+    if deterministic not in _RUNS:
+        _RUNS[deterministic] = _fit_runs(deterministic, mnist_dir, tmp_path_factory)
+    return _RUNS[deterministic]
+
+
 @pytest.fixture(scope="module", params=[False, True], ids=["default", "deterministic"])
 def runs(request: pytest.FixtureRequest, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A straight 4-epoch fit, and a 2-epoch fit that saved the three kinds of checkpoint."""
-    deterministic = request.param
+    return make_runs(request.param, mnist_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def default_runs(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return make_runs(False, mnist_dir, tmp_path_factory)
+
+
+def _fit_runs(deterministic: bool, mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("resume")
     at_train_end = ModelCheckpoint(root / "train_end", filename="{epoch}", save_top_k=-1, save_on_train_epoch_end=True)
     # A monitor gives the second ModelCheckpoint its own state key (it keeps every epoch all the same).
@@ -142,8 +159,8 @@ def test_two_plus_two_epochs_equal_four_bitwise(runs: dict, saved_at: str, mnist
     assert_same_training_state(straight, resumed)
 
 
-@pytest.mark.parametrize("runs", [False], indirect=True, ids=["default"])
-def test_the_checkpoint_carries_the_random_states_and_the_loader_position(runs: dict) -> None:
+def test_the_checkpoint_carries_the_random_states_and_the_loader_position(default_runs: dict) -> None:
+    runs = default_runs
     checkpoint = torch.load(runs["checkpoints"]["mid_epoch"], weights_only=True)
     states = checkpoint["MNISTDataModule"]["rng_states"]
     assert {"torch", "numpy", "python"} <= set(states)
@@ -156,8 +173,8 @@ def test_the_checkpoint_carries_the_random_states_and_the_loader_position(runs: 
     assert under_way["global_step"] == MID_EPOCH_STEP
 
 
-@pytest.mark.parametrize("runs", [False], indirect=True, ids=["default"])
-def test_a_checkpoint_without_random_states_still_resumes(runs: dict, mnist_dir: Path, tmp_path: Path) -> None:
+def test_a_checkpoint_without_random_states_still_resumes(default_runs: dict, mnist_dir: Path, tmp_path: Path) -> None:
+    runs = default_runs
     checkpoint = torch.load(runs["checkpoints"]["train_epoch_end"], weights_only=True)
     del checkpoint["MNISTDataModule"]  # what a checkpoint written before the states were saved holds
     old = tmp_path / "old.ckpt"
