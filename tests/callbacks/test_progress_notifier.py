@@ -120,8 +120,11 @@ def test_exception_marks_failed(tmp_path: Path) -> None:
 
 @pytest.fixture
 def restore_signal_handlers() -> Iterator[None]:
-    """Lightning ignores further Ctrl+C after the first; put the handlers back for the next tests."""
+    """Python's own Ctrl+C handler for the test; Lightning ignores further Ctrl+C after the first, so put the
+    handlers back for the next tests. (A shell starts a background job with SIGINT ignored, and Python then
+    keeps it ignored: the test must not depend on how pytest was started.)"""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for sig, handler in handlers.items():
         signal.signal(sig, handler)
