@@ -246,7 +246,10 @@ def versions(fmt: str, path: Path) -> dict[str, Any]:
 _NO_ONNX_FUNCTION = re.compile(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>")
 _FAILED_NODE = re.compile(r"target=torch\.ops\.([\w.]+)")
 _FIRST_CAUSE = re.compile(r"<class '[^']+'>: (.+)")  # the innermost error of torch.onnx's exception summary
-_USER_CODE = re.compile(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)')
+# Where the user's code is: after "The following call raised this error:" (torch 2.7 and later) or "from user
+# code:" (2.6, outermost frame first), the last frame listed.
+_USER_CODE_START = re.compile(r"The following call raised this error:|from user code:")
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)')
 
 
 def explain(err: BaseException) -> str:
@@ -266,9 +269,11 @@ def explain(err: BaseException) -> str:
     if match := _FAILED_NODE.search(text):
         cause = _FIRST_CAUSE.search(text)
         return f"the ONNX translation of {match[1]} failed" + (f": {cause[1].strip()[:200]}" if cause else "")
-    if "data-dependent" in text:
-        where = _USER_CODE.search(text)
-        at = f" at {Path(where[1]).name}:{where[2]} in {where[3]}: `{where[4].strip()}`" if where else ""
+    if "data-dependent" in text or "Dynamic control flow" in text:  # torch 2.7 and later; torch 2.6
+        start = _USER_CODE_START.search(text)
+        frames = _FRAME.findall(text, start.end()) if start else []
+        where = frames[-1] if frames else None
+        at = f" at {Path(where[0]).name}:{where[1]} in {where[2]}: `{where[3].strip()}`" if where else ""
         return f"control flow that depends on a tensor's values (a Python if, int() or .item()){at}"
     first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     return f"{type(err).__name__}: {first[:300]}"

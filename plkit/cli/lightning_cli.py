@@ -90,6 +90,14 @@ RUNS_UNDER_ROOT = "{default_root_dir}/runs"
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
 
+def _checkpoint_support(load_from_checkpoint_support: bool) -> dict[str, bool]:
+    # Lightning 2.5.1, plkit's floor, has no load_from_checkpoint_support: its CLI never reads a checkpoint's
+    # hyperparameters, which is that option off, so there the option is not passed on.
+    if "load_from_checkpoint_support" in inspect.signature(LightningCLI.__init__).parameters:
+        return {"load_from_checkpoint_support": load_from_checkpoint_support}
+    return {}
+
+
 class PlkitCLI(LightningCLI):
     """``LightningCLI`` with plkit's defaults; each keyword-only argument switches one off.
 
@@ -179,7 +187,7 @@ class PlkitCLI(LightningCLI):
             args,
             run,
             auto_configure_optimizers,
-            load_from_checkpoint_support,
+            **_checkpoint_support(load_from_checkpoint_support),
         )
 
     # ----- the parser -------------------------------------------------------------------------------------

@@ -48,8 +48,8 @@ class GridAvgPool2d(nn.Module):
     """``nn.AdaptiveAvgPool2d(grid)`` that also trains under ``Trainer(deterministic=True)`` on a GPU.
 
     PyTorch has no deterministic CUDA backward for adaptive average pooling and refuses it once deterministic
-    algorithms are on; there this module averages the same windows from slices (:func:`grid_mean`), which costs
-    a few more kernels. Everywhere else it is the adaptive pooling itself.
+    algorithms are on; there, and in an ONNX export, this module averages the same windows from slices
+    (:func:`grid_mean`), which costs a few more kernels. Everywhere else it is the adaptive pooling itself.
 
     Example:
         >>> GridAvgPool2d(3)(torch.zeros(2, 8, 7, 7)).shape
@@ -61,7 +61,9 @@ class GridAvgPool2d(nn.Module):
         self.grid = grid
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        # torch.onnx's TorchScript-based exporter (the default before torch 2.9) cannot translate adaptive
+        # pooling to a grid that does not divide the input (7x7 to 3x3); the slices it can.
+        if torch.onnx.is_in_onnx_export() or (x.is_cuda and torch.are_deterministic_algorithms_enabled()):
             return grid_mean(x, self.grid)
         return F.adaptive_avg_pool2d(x, self.grid)
 

@@ -167,7 +167,8 @@ class FailsAtFitEnd(Callback):
     [
         ("bad learning rate", ValueError, "Invalid learning rate: -0.1"),
         ("missing checkpoint", FileNotFoundError, "missing.ckpt"),
-        ("unreadable checkpoint", pickle.UnpicklingError, "Weights only load failed"),
+        # torch's message for a file that is no pickle differs between versions
+        ("unreadable checkpoint", pickle.UnpicklingError, "Weights only load failed|invalid load key"),
         ("failure after finished", RuntimeError, "upload failed"),
     ],
 )
