@@ -2,5 +2,5 @@
 
 One module per comparison, each with ``run(...) -> dict`` and ``tables(results)``: ``training`` (with its
 contenders in ``_contenders`` and its data in ``_data``), ``callbacks`` (export and gradient-norm logging),
-``startup`` and ``gpu``.
+``startup``, ``gpu``, ``export_latency`` and ``accuracy`` (time to accuracy, its runs in ``_accuracy_runs``).
 """

@@ -119,7 +119,7 @@ class Settings:
 
 
 class TestResult(Callback):
-    """Write the test metrics, the optimizer steps and the epochs to ``result_file`` when testing ends."""
+    """Write the test metrics to ``result_file`` when testing ends."""
 
     def __init__(self, result_file: str) -> None:
         self.result_file = Path(result_file)

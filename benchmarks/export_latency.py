@@ -1,6 +1,6 @@
 """Comparison 6: what each ``plkit export`` format costs at inference on this CPU, against the eager model.
 
-The model is the ``fashion_mnist`` recipe's ``ImageClassifier`` (``SmallCNN`` of width 20, 1x28x28 inputs; its
+The model is the ``fashion_mnist`` recipe's ``ImageClassifier`` (its ``SmallCNN`` and width, 1x28x28 inputs; its
 weights are random: latency does not depend on them). Each format is written by ``plkit export``'s own code
 (``plkit.cli._export_formats.save``) and run back by its deployment runtime, as the command verifies it:
 ``onnxruntime`` (as many intra-op threads as torch has), ``torch.jit.load``, ``torch.export.load(...).module()``.

@@ -15,10 +15,19 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
 import re
 from collections.abc import Iterable
 
-__all__ = ["UsageError", "did_you_mean", "hint_for", "is_user_error", "one_line_error", "one_line_parse_error"]
+__all__ = [
+    "UsageError",
+    "debug_requested",
+    "did_you_mean",
+    "hint_for",
+    "is_user_error",
+    "one_line_error",
+    "one_line_parse_error",
+]
 
 
 class UsageError(TypeError):
@@ -27,6 +36,11 @@ class UsageError(TypeError):
     A ``TypeError`` so that jsonargparse, when one is raised inside an argument's action, reports it as a
     parse error (exit code 2) rather than a crash.
     """
+
+
+def debug_requested() -> bool:
+    """``PLKIT_DEBUG`` is set (and not ``0``): show tracebacks instead of one-line errors."""
+    return os.environ.get("PLKIT_DEBUG", "") not in ("", "0")
 
 
 def did_you_mean(word: str, choices: Iterable[str], quote: str = "'") -> str:

@@ -18,12 +18,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import yaml
 from lightning.pytorch.cli import instantiate_module
 from torch import Tensor, nn
 
 from plkit.cli._errors import UsageError
-from plkit.cli._run_dir import config_for_checkpoint, run_of_checkpoint
+from plkit.cli._run_dir import RunLocation, run_config
 from plkit.models import AutoEncoder, ImageClassifier
 
 __all__ = [
@@ -96,8 +95,8 @@ class Deployable(nn.Module):
         return outputs.softmax(dim=-1) if self.softmax else outputs
 
 
-def read_checkpoint(ckpt: Path) -> bytes:
-    """The checkpoint's bytes, once checked that ``torch.load`` reads them (they are hashed, and loaded from memory).
+def read_checkpoint(ckpt: Path) -> tuple[bytes, dict[str, Any]]:
+    """The checkpoint's bytes (they are hashed, and the model is loaded from them) and what ``torch.load`` reads.
 
     Raises:
         UsageError: the file is missing, is not a ``torch.save`` archive, or holds no ``state_dict``.
@@ -114,19 +113,19 @@ def read_checkpoint(ckpt: Path) -> bytes:
         raise UsageError(f"{ckpt} cannot be read as a checkpoint ({first_line(err)}): {WRITTEN_BY_FIT}") from None
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise UsageError(f"{ckpt} is not a Lightning checkpoint (no state_dict): {WRITTEN_BY_FIT}")
-    return data
+    return data, dict(checkpoint)
 
 
 def default_folder(ckpt: Path) -> Path:
     """``RUN/export`` for a checkpoint in a run's ``checkpoints/``, else ``export/`` beside the checkpoint."""
-    location = run_of_checkpoint(ckpt)
+    location = RunLocation.of_checkpoint(ckpt)
     return (location.path if location is not None else ckpt.resolve().parent) / "export"
 
 
-def config_sections(ckpt: Path) -> dict[str, Any]:
+def config_sections(ckpt: Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The ``model`` and ``data`` sections (``class_path`` + ``init_args``) the checkpoint was trained with."""
     try:
-        config = yaml.safe_load(config_for_checkpoint(ckpt, "export"))
+        config = run_config(ckpt, checkpoint)
     except UsageError:
         raise UsageError(
             f"{ckpt} does not record its model class, and no config.yaml lies in its run folder: {WRITTEN_BY_FIT}"

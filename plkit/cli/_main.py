@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from plkit import __version__
-from plkit.cli._errors import UsageError, did_you_mean, hint_for, is_user_error, one_line_error
+from plkit.cli._errors import UsageError, debug_requested, did_you_mean, hint_for, is_user_error, one_line_error
 
 VERBS = ("fit", "validate", "test", "predict")
 # plkit's own commands: the module and function each is routed to, imported when used.
@@ -93,7 +92,7 @@ def main(args: Sequence[str] | None = None) -> None:
 def _reported(command: str) -> Iterator[None]:
     """Turn a user's mistake into one line on stderr and an exit code; keep the traceback of anything else."""
     prefix = "plkit" if command == "plkit" else f"plkit {command}"
-    if _debug():  # plkit's developers want the traceback of everything
+    if debug_requested():  # plkit's developers want the traceback of everything
         yield
         return
     try:
@@ -120,7 +119,3 @@ def _progress_notes_to_stdout() -> None:
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
                 handler.setStream(sys.stdout)
-
-
-def _debug() -> bool:
-    return os.environ.get("PLKIT_DEBUG", "") not in ("", "0")

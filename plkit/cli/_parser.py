@@ -23,7 +23,7 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
-from plkit.cli._errors import UsageError, did_you_mean, one_line_parse_error
+from plkit.cli._errors import UsageError, debug_requested, did_you_mean, one_line_parse_error
 from plkit.cli.recipes import RecipeNotFoundError, recipe_names, recipe_path
 
 __all__ = ["PlkitArgumentParser", "RecipeConfigFile", "resolve_config"]
@@ -179,7 +179,7 @@ class PlkitArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
             super().error(message, ex)
-        if os.environ.get("PLKIT_DEBUG", "") not in ("", "0"):
+        if debug_requested():
             raise UsageError(message) from ex  # the traceback, and jsonargparse's whole report
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")

@@ -30,14 +30,12 @@ from plkit.cli._errors import UsageError
 __all__ = [
     "FIT_CONFIG",
     "RunLocation",
-    "config_for_checkpoint",
     "discard_failed_run",
     "place_run",
     "read_checkpoint",
     "recipe_checkpoint",
     "refuse_other_model",
     "run_config",
-    "run_of_checkpoint",
     "slurm_job",
     "snake_case",
     "tensorboard_logger",
@@ -250,20 +248,6 @@ def _same_class(class_path: str, cls: type) -> bool:
         return getattr(importlib.import_module(module), name) is cls
     except (ImportError, AttributeError, ValueError):
         return False
-
-
-def run_of_checkpoint(ckpt: str | Path) -> RunLocation | None:
-    """The run a checkpoint was written by, or ``None`` if it does not lie in a run's ``checkpoints/``."""
-    return RunLocation.of_checkpoint(ckpt)
-
-
-def config_for_checkpoint(ckpt: str | Path, verb: str = "test") -> str:
-    """The YAML text of :func:`run_config` for ``plkit VERB --ckpt_path CKPT`` (``plkit export`` reads it).
-
-    Raises:
-        UsageError: an unreadable checkpoint, or one that does not say which model to build.
-    """
-    return yaml.safe_dump(run_config(ckpt, read_checkpoint(ckpt)), sort_keys=False)
 
 
 def run_config(ckpt: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def export_checkpoint(
     if not tolerance > 0:
         raise UsageError(f"--tolerance {tolerance}: it must be > 0, e.g. {DEFAULT_TOLERANCE}")
     ckpt = Path(ckpt_path)
-    data = read_checkpoint(ckpt)
+    data, checkpoint = read_checkpoint(ckpt)
     target = (Path(output_dir) if output_dir is not None else default_folder(ckpt)) / FILENAMES[fmt]
     metadata_path = target.with_name(f"{target.name}.json")
     if not force and (target.exists() or metadata_path.exists()):
@@ -131,7 +131,7 @@ def export_checkpoint(
             f"{target.parent} already holds an export as {fmt} ({target.name}): pass --force to replace it"
         )
 
-    sections = config_sections(ckpt)
+    sections = config_sections(ckpt, checkpoint)
     model = load_model(ckpt, data, sections["model"])
     part = check_part(model, part)
     datamodule, data_note = load_datamodule(sections.get("data"))

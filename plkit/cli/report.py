@@ -476,9 +476,16 @@ def make_report(run_dir: str | Path) -> list[str]:
     """
     _needs_matplotlib()
     run = load_run(run_dir)
-    lines = format_summary(run.summary)
-    _write({run.path / "report.png": _png(draw([run])), run.path / "report.txt": "\n".join([*lines, ""]).encode()})
-    return lines
+    _write(_run_files(run))
+    return format_summary(run.summary)
+
+
+def _run_files(run: Run) -> dict[Path, bytes]:
+    """A run's own ``report.png`` and ``report.txt``."""
+    return {
+        run.path / "report.png": _png(draw([run])),
+        run.path / "report.txt": "\n".join([*format_summary(run.summary), ""]).encode(),
+    }
 
 
 def run_report_command(argv: Sequence[str]) -> None:
@@ -510,8 +517,7 @@ def run_report_command(argv: Sequence[str]) -> None:
             run.label = str(run.path)
     files = {}
     for run in runs:
-        files[run.path / "report.png"] = _png(draw([run]))
-        files[run.path / "report.txt"] = "\n".join([*format_summary(run.summary), ""]).encode()
+        files.update(_run_files(run))
     table = format_table(runs)
     if output is not None:
         files[output] = _png(draw(runs))
