@@ -89,9 +89,9 @@ class ShardWriter:
                 continue
             lines = [s.encode() + b"\n" for s in values]
             self.text[name].write(b"".join(lines))
-            ends = self.text_bytes[name] + np.cumsum([len(b) for b in lines], dtype=np.int64)
-            self.files[f"{name}.ends"].append(ends)
-            self.text_bytes[name] += sum(len(b) for b in lines)
+            lengths = np.fromiter(map(len, lines), np.int64, len(lines))
+            self.files[f"{name}.ends"].append(self.text_bytes[name] + np.cumsum(lengths))
+            self.text_bytes[name] += int(lengths.sum())
         self.rows += len(rows)
 
     def close(self, sources: dict[str, str]) -> None:
